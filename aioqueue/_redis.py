@@ -1,0 +1,44 @@
+"""Mapping of Redis client errors to aioqueue's own, with the URL (password hidden) named."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable
+from typing import Any
+
+from redis import exceptions as rex
+
+from .errors import RedisOutOfMemory, RedisUnavailable
+
+__all__ = ("call_redis", "is_transient", "safe_url")
+
+TRANSIENT = (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError)
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that a reconnect with backoff can cure (lost link, Redis loading)."""
+    return isinstance(exc, TRANSIENT)
+
+
+async def call_redis(aw: Awaitable[Any], url: str) -> Any:
+    """Await a Redis call; raise :class:`RedisUnavailable` or :class:`RedisOutOfMemory` instead
+    of the client's errors where those apply.
+    """
+    try:
+        return await aw
+    except rex.ResponseError as exc:
+        if str(exc).startswith("OOM"):
+            raise RedisOutOfMemory(
+                f"Redis at {safe_url(url)} is out of memory (maxmemory reached): {exc}; "
+                "nothing was written"
+            ) from exc
+        raise
+    except TRANSIENT as exc:
+        raise RedisUnavailable(
+            f"Redis at {safe_url(url)} is unavailable: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -1,0 +1,92 @@
+"""Every exception aioqueue raises: one root, ``AioqueueError``."""
+
+from __future__ import annotations
+
+__all__ = (
+    "AioqueueError",
+    "ArgumentError",
+    "InvalidOptions",
+    "JobCancelled",
+    "JobFailed",
+    "JobNotFound",
+    "PayloadTooLarge",
+    "RedisOutOfMemory",
+    "RedisUnavailable",
+    "ResultTimeout",
+    "SerializationError",
+    "UnknownTask",
+)
+
+
+class AioqueueError(Exception):
+    """Raised for every error that aioqueue itself reports."""
+
+
+class JobFailed(AioqueueError):
+    """Raised when awaiting the result of a job whose final attempt failed (or was dead-lettered).
+
+    :ivar job_id: the job's id.
+    :ivar task: the task name.
+    :ivar type: the remote exception's type name (``"TimeoutError"``, ``"ChildDied"``, ...).
+    :ivar error: the remote exception's message.
+    :ivar traceback: the remote traceback text ("" when there was none).
+    :ivar attempts: attempts started.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        task: str,
+        type: str,
+        error: str,
+        traceback: str = "",
+        attempts: int = 0,
+    ) -> None:
+        self.job_id = job_id
+        self.task = task
+        self.type = type
+        self.error = error
+        self.traceback = traceback
+        self.attempts = attempts
+        tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+        super().__init__(f"job {job_id} ({task}) failed{tries}: {type}: {error}")
+
+
+class JobCancelled(AioqueueError):
+    """Raised when awaiting the result of a job that was cancelled before it started."""
+
+
+class JobNotFound(AioqueueError, LookupError):
+    """Raised when a job id is unknown to the queue (never submitted, or its result expired)."""
+
+
+class ResultTimeout(AioqueueError, TimeoutError):
+    """Raised when ``job.result(timeout=...)`` runs out of time; the job itself goes on."""
+
+
+class UnknownTask(AioqueueError, LookupError):
+    """Raised when a task is submitted as a callable that was never registered with the queue."""
+
+
+class ArgumentError(AioqueueError, TypeError):
+    """Raised when submitted arguments don't fit the task's signature or annotations."""
+
+
+class SerializationError(AioqueueError, TypeError):
+    """Raised when an argument or a result can't be encoded as msgpack."""
+
+
+class PayloadTooLarge(AioqueueError, ValueError):
+    """Raised when an encoded job is over the queue's ``max_payload`` limit."""
+
+
+class InvalidOptions(AioqueueError, ValueError):
+    """Raised when submit options or queue settings are out of range."""
+
+
+class RedisUnavailable(AioqueueError, ConnectionError):
+    """Raised when Redis can't be reached (or is loading) after a bounded wait."""
+
+
+class RedisOutOfMemory(AioqueueError):
+    """Raised when Redis refuses a write because it reached ``maxmemory`` (nothing was written)."""

@@ -1,0 +1,55 @@
+"""Every Redis key name of a queue; all share one hash tag so a queue lives on one cluster slot."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ("Keys", "validate_queue_name")
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def validate_queue_name(name: str) -> str:
+    """Return ``name`` if it is a valid queue name, else raise ``ValueError`` saying why."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"invalid queue name {name!r}: use 1-128 characters of letters, digits, '_.:-'"
+        )
+    return name
+
+
+class Keys:
+    """Key names under ``aioqueue:{NAME}:``.
+
+    Fixed per-queue keys are attributes; per-job keys are methods taking the job id.
+    """
+
+    __slots__ = (
+        "prefix", "jobs", "pending", "scheduled", "priority", "attempts", "tokens",
+        "leases", "dead", "errors", "wake", "workers", "stats", "done_channel",
+    )  # fmt: skip
+
+    def __init__(self, name: str) -> None:
+        validate_queue_name(name)
+        self.prefix = p = f"aioqueue:{{{name}}}:"
+        self.jobs = p + "jobs"
+        self.pending = p + "pending"
+        self.scheduled = p + "scheduled"
+        self.priority = p + "priority"
+        self.attempts = p + "attempts"
+        self.tokens = p + "tokens"
+        self.leases = p + "leases"
+        self.dead = p + "dead"
+        self.errors = p + "errors"
+        self.wake = p + "wake"
+        self.workers = p + "workers"
+        self.stats = p + "stats"
+        self.done_channel = p + "done"
+
+    def result(self, job_id: str) -> str:
+        """The string key that holds a finished job's outcome (with a TTL)."""
+        return f"{self.prefix}result:{job_id}"
+
+    def dedup(self, key: str) -> str:
+        """The string key that maps a de-duplication key to the job holding it."""
+        return f"{self.prefix}dedup:{key}"

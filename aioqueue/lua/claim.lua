@@ -1,0 +1,60 @@
+-- claim: promote due scheduled jobs, then pop up to k ready jobs and lease them, in one step,
+-- so that no instant exists at which a popped job is recorded nowhere.
+-- KEYS[1] pending    zset   id -> -priority
+-- KEYS[2] scheduled  zset   id -> run-at (ms)
+-- KEYS[3] priority   hash   id -> priority
+-- KEYS[4] jobs       hash   id -> envelope
+-- KEYS[5] attempts   hash   id -> attempts started
+-- KEYS[6] tokens     hash   id -> holder token of the current lease
+-- KEYS[7] leases     zset   id -> lease deadline (ms)
+-- KEYS[8] wake       list   wake-up tokens
+-- KEYS[9] stats      hash   counters
+-- ARGV[1] k (max jobs to claim), ARGV[2] lease_ms, ARGV[3] token prefix, ARGV[4] first token seq
+-- Returns {ms until the next scheduled job or -1, stale ids skipped, then per claimed job:
+--          id, token, attempts, envelope}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 500)
+for _, id in ipairs(due) do
+  local p = tonumber(redis.call('HGET', KEYS[3], id) or '0')
+  redis.call('ZADD', KEYS[1], -p, id)
+  redis.call('ZREM', KEYS[2], id)
+end
+local out = {-1, 0}
+local k = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local seq = tonumber(ARGV[4])
+local stale = 0
+if k > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[1], k)
+  for i = 1, #popped, 2 do
+    local id = popped[i]
+    local env = redis.call('HGET', KEYS[4], id)
+    if env and not redis.call('ZSCORE', KEYS[7], id) then
+      local attempts = redis.call('HINCRBY', KEYS[5], id, 1)
+      local token = ARGV[3] .. seq
+      seq = seq + 1
+      redis.call('HSET', KEYS[6], id, token)
+      redis.call('ZADD', KEYS[7], now + lease, id)
+      out[#out + 1] = id
+      out[#out + 1] = token
+      out[#out + 1] = attempts
+      out[#out + 1] = env
+    else
+      -- finished already (a stale copy) or leased by another holder: never start it twice
+      stale = stale + 1
+    end
+  end
+  if stale > 0 then
+    redis.call('HINCRBY', KEYS[9], 'stale', stale)
+  end
+end
+out[2] = stale
+if redis.call('ZCARD', KEYS[1]) > 0 and redis.call('LLEN', KEYS[8]) == 0 then
+  redis.call('RPUSH', KEYS[8], '1')  -- more work: wake the next idle worker
+end
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if #nxt > 0 then
+  out[1] = math.max(0, tonumber(nxt[2]) - now)
+end
+return out

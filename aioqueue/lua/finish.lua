@@ -1,0 +1,84 @@
+-- finish: record the outcome of leased jobs, fenced by the holder token. One call, many jobs.
+-- KEYS[1] jobs  KEYS[2] attempts  KEYS[3] tokens  KEYS[4] leases  KEYS[5] priority
+-- KEYS[6] pending  KEYS[7] scheduled  KEYS[8] dead  KEYS[9] errors  KEYS[10] wake  KEYS[11] stats
+-- then for job i (0-based): KEYS[12 + 2i] result:{id}, KEYS[13 + 2i] dedup:{key} (any key if none)
+-- ARGV[1] pub/sub channel for finished ids
+-- then per job (9 each): id, token, kind, result, error, delay_ms, ttl_ms, has_dedup, reaping
+--   kind: "ok"      store result (TTL), forget the job
+--         "retry"   append error, schedule the next attempt after delay_ms
+--         "dead"    append error, store the failure as result (TTL), move to the dead letters
+--         "release" hand the job back untouched; the attempt does not count
+--   reaping = "1": the caller recovers an expired lease; act only while it is still expired
+-- Returns per job: 1 applied, 0 fenced (the caller no longer holds the job), -1 lease alive.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+local done = {}
+local woke = false
+local n = (#ARGV - 1) / 9
+for i = 0, n - 1 do
+  local b = 1 + i * 9
+  local id, token, kind = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local rkey, dkey = KEYS[12 + 2 * i], KEYS[13 + 2 * i]
+  local ttl = tonumber(ARGV[b + 7])
+  local lease = redis.call('ZSCORE', KEYS[4], id)
+  if redis.call('HGET', KEYS[3], id) ~= token or not lease then
+    redis.call('HINCRBY', KEYS[11], 'fenced', 1)
+    out[#out + 1] = 0
+  elseif ARGV[b + 9] == '1' and tonumber(lease) >= now then
+    out[#out + 1] = -1
+  else
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('HDEL', KEYS[3], id)
+    if ARGV[b + 9] == '1' then
+      redis.call('HINCRBY', KEYS[11], 'recovered', 1)
+    end
+    if kind == 'ok' then
+      redis.call('SET', rkey, ARGV[b + 4], 'PX', ttl)
+      redis.call('HDEL', KEYS[1], id)
+      redis.call('HDEL', KEYS[2], id)
+      redis.call('HDEL', KEYS[5], id)
+      redis.call('HDEL', KEYS[9], id)
+      redis.call('HINCRBY', KEYS[11], 'completed', 1)
+      done[#done + 1] = id
+    elseif kind == 'release' then
+      redis.call('HINCRBY', KEYS[2], id, -1)
+      local p = tonumber(redis.call('HGET', KEYS[5], id) or '0')
+      redis.call('ZADD', KEYS[6], -p, id)
+      woke = true
+    else
+      local err = ARGV[b + 5]
+      local prev = redis.call('HGET', KEYS[9], id) or ''
+      redis.call('HSET', KEYS[9], id, prev .. struct.pack('>I4', #err) .. err)
+      if kind == 'retry' then
+        local delay = tonumber(ARGV[b + 6])
+        if delay > 0 then
+          redis.call('ZADD', KEYS[7], now + delay, id)
+        else
+          local p = tonumber(redis.call('HGET', KEYS[5], id) or '0')
+          redis.call('ZADD', KEYS[6], -p, id)
+        end
+        redis.call('HINCRBY', KEYS[11], 'retried', 1)
+        woke = true
+      else
+        redis.call('SET', rkey, ARGV[b + 4], 'PX', ttl)
+        redis.call('ZADD', KEYS[8], now, id)
+        redis.call('HINCRBY', KEYS[11], 'dead', 1)
+        done[#done + 1] = id
+      end
+    end
+    if kind == 'ok' or kind == 'dead' then
+      if ARGV[b + 8] == '1' then
+        redis.call('PEXPIRE', dkey, ttl)
+      end
+    end
+    out[#out + 1] = 1
+  end
+end
+if woke and redis.call('LLEN', KEYS[10]) == 0 then
+  redis.call('RPUSH', KEYS[10], '1')
+end
+if #done > 0 then
+  redis.call('PUBLISH', ARGV[1], table.concat(done, ' '))
+end
+return out

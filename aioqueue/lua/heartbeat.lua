@@ -1,0 +1,21 @@
+-- heartbeat: extend the leases this worker still holds; report the ones it lost.
+-- KEYS[1] leases  zset  id -> lease deadline (ms)
+-- KEYS[2] tokens  hash  id -> holder token
+-- KEYS[3] workers zset  worker id -> heartbeat deadline (ms)
+-- ARGV[1] worker id, ARGV[2] lease_ms, then pairs: id, token
+-- Returns the ids whose lease this worker no longer holds.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = now + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[3], deadline, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60000)  -- workers gone a minute
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[2], id) == ARGV[i + 1] and redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost

@@ -1,0 +1,56 @@
+-- submit: add jobs, idempotently (a retried call after a lost reply adds nothing twice).
+-- KEYS[1] jobs       hash   id -> envelope
+-- KEYS[2] pending    zset   id -> -priority
+-- KEYS[3] scheduled  zset   id -> run-at (ms, Redis clock)
+-- KEYS[4] priority   hash   id -> priority (only when not 0)
+-- KEYS[5] wake       list   wake-up tokens workers block on
+-- then for job i (0-based): KEYS[6 + 2i] result:{id}, KEYS[7 + 2i] dedup:{key} (any key if none)
+-- ARGV per job (5 each): id, envelope, priority, delay_ms, has_dedup ("1" or "0")
+-- Returns a flat array, per job: the job id that holds the work (the original one on a
+-- de-duplication hit), and 1 when this call created it, else 0.
+local out = {}
+local woke = false
+local now = nil
+local n = #ARGV / 5
+for i = 0, n - 1 do
+  local id = ARGV[i * 5 + 1]
+  local prio = tonumber(ARGV[i * 5 + 3])
+  local delay = tonumber(ARGV[i * 5 + 4])
+  local rkey = KEYS[6 + 2 * i]
+  local dkey = KEYS[7 + 2 * i]
+  local other = false
+  if ARGV[i * 5 + 5] == '1' then
+    other = redis.call('GET', dkey)
+  end
+  if other then
+    out[#out + 1] = other
+    out[#out + 1] = 0
+  elseif redis.call('HEXISTS', KEYS[1], id) == 1 or redis.call('EXISTS', rkey) == 1 then
+    out[#out + 1] = id
+    out[#out + 1] = 0
+  else
+    redis.call('HSET', KEYS[1], id, ARGV[i * 5 + 2])
+    if prio ~= 0 then
+      redis.call('HSET', KEYS[4], id, prio)
+    end
+    if delay > 0 then
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      redis.call('ZADD', KEYS[3], now + delay, id)
+    else
+      redis.call('ZADD', KEYS[2], -prio, id)
+    end
+    woke = true
+    if ARGV[i * 5 + 5] == '1' then
+      redis.call('SET', dkey, id)
+    end
+    out[#out + 1] = id
+    out[#out + 1] = 1
+  end
+end
+if woke and redis.call('LLEN', KEYS[5]) == 0 then
+  redis.call('RPUSH', KEYS[5], '1')
+end
+return out

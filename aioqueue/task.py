@@ -1,0 +1,132 @@
+"""Task definitions: a registered function, its defaults, and typed argument checking."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .errors import ArgumentError, InvalidOptions, SerializationError
+
+__all__ = ("TaskDef", "task_name")
+
+DEFAULT_RETRIES = 2
+
+
+def task_name(fn: Callable[..., Any]) -> str:
+    """The registered name of a function: ``module.qualname``."""
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+@dataclass(eq=False)
+class TaskDef:
+    """A function registered with ``@queue.task``.
+
+    :ivar retries: attempts after the first (default 2).
+    :ivar timeout: seconds an attempt may run before its child is killed (None: no limit).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    retries: int = DEFAULT_RETRIES
+    timeout: float | None = None
+    _signature: inspect.Signature | None = field(default=None, init=False, repr=False)
+    _types: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _return: Any = field(default=Any, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise InvalidOptions(f"retries must be an int >= 0, got {self.retries!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise InvalidOptions(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        try:
+            self._signature = inspect.signature(self.fn)
+            hints = typing.get_type_hints(self.fn)
+        except (ValueError, TypeError, NameError):
+            return
+        for pname, param in self._signature.parameters.items():
+            hint = hints.get(pname)
+            if hint is None or hint is Any:
+                continue
+            if param.kind is param.VAR_POSITIONAL:
+                self._types[pname] = tuple[hint, ...]  # type: ignore[valid-type]
+            elif param.kind is param.VAR_KEYWORD:
+                self._types[pname] = dict[str, hint]  # type: ignore[valid-type]
+            else:
+                self._types[pname] = hint
+        self._return = hints.get("return", Any)
+
+    @property
+    def return_type(self) -> Any:
+        """The annotated return type (``Any`` when not annotated), used to decode results."""
+        return self._return
+
+    def check(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, strict: bool = True
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Bind arguments to the signature and convert them to their annotated types.
+
+        ``strict=True`` (the producer) refuses lossy conversions such as ``"40"`` for ``int``;
+        the child decodes msgpack, so it converts with ``strict=False`` (e.g. a dict to a Struct).
+
+        :raises ArgumentError: naming the parameter that does not fit.
+        """
+        if self._signature is None:
+            return args, kwargs
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentError(f"{self.name}: {exc}") from None
+        if self._types:
+            for pname, value in bound.arguments.items():
+                hint = self._types.get(pname)
+                if hint is None:
+                    continue
+                try:
+                    bound.arguments[pname] = msgspec.convert(
+                        value, hint, strict=strict, from_attributes=True
+                    )
+                except msgspec.ValidationError as exc:
+                    raise ArgumentError(
+                        f"{self.name}: argument {pname!r} does not match its annotation "
+                        f"{_type_name(hint)}: {exc}"
+                    ) from None
+        return bound.args, bound.kwargs
+
+    def unencodable(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SerializationError:
+        """Build the error naming the first argument that msgpack can't encode."""
+        names: list[str] = []
+        if self._signature is not None:
+            names = [
+                p.name
+                for p in self._signature.parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+        return unencodable_error(self.name, args, kwargs, names)
+
+
+def unencodable_error(
+    task: str, args: tuple[Any, ...], kwargs: dict[str, Any], names: list[str] | None = None
+) -> SerializationError:
+    """Find the first argument that msgpack can't encode and name it in a SerializationError."""
+    names = names or []
+    items = [(names[i] if i < len(names) else f"#{i}", v) for i, v in enumerate(args)] + list(
+        kwargs.items()
+    )
+    for pname, value in items:
+        try:
+            msgspec.msgpack.encode(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return SerializationError(
+                f"{task}: argument {pname!r} of type {type(value).__name__} can't be encoded "
+                f"as msgpack: {exc}"
+            )
+    return SerializationError(f"{task}: arguments can't be encoded as msgpack")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or repr(hint)

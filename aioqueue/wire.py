@@ -1,0 +1,122 @@
+"""The wire format: the only place that defines the bytes stored in Redis and sent to children.
+
+Everything is msgpack of declared msgspec Structs with a version field; nothing read from Redis
+is unpickled or evaluated. The supervisor decodes an :class:`Envelope` with its arguments left as
+``msgspec.Raw``, so it never decodes arguments it does not need.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+__all__ = (
+    "WIRE_VERSION",
+    "ChildReply",
+    "Envelope",
+    "ErrorInfo",
+    "Outcome",
+    "decode_child_reply",
+    "decode_envelope",
+    "decode_errors",
+    "decode_outcome",
+    "encode",
+)
+
+WIRE_VERSION = 1
+EMPTY_ARGS = msgspec.Raw(b"\x90")  # msgpack []
+EMPTY_KWARGS = msgspec.Raw(b"\x80")  # msgpack {}
+NIL = msgspec.Raw(b"\xc0")  # msgpack nil
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One job as submitted: stored in the queue's ``jobs`` hash, passed as is to a child."""
+
+    v: int
+    id: str
+    task: str
+    args: msgspec.Raw = EMPTY_ARGS
+    kwargs: msgspec.Raw = EMPTY_KWARGS
+    retries: int | None = None  # None: the task's default, as the worker knows it
+    timeout: float | None = None  # seconds; None: the task's default
+    priority: int = 0
+    key: str | None = None  # de-duplication key
+    result_ttl: float | None = None  # seconds; None: the queue's default
+    submitted: float = 0.0  # producer's wall clock, for latency figures only
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One attempt's failure."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    attempt: int = 0
+    kind: str = "raised"  # raised, timeout, crashed, lost, unknown_task, malformed
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A finished job's outcome, stored under ``result:{id}`` with a TTL."""
+
+    v: int
+    task: str
+    ok: bool
+    value: msgspec.Raw = NIL  # msgpack of the return value
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    cancelled: bool = False
+    finished: float = 0.0
+
+
+class ChildReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a child sends back for one job."""
+
+    ok: bool
+    value: msgspec.Raw = NIL
+    error: ErrorInfo | None = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_envelope = msgspec.msgpack.Decoder(Envelope)
+_outcome = msgspec.msgpack.Decoder(Outcome)
+_error = msgspec.msgpack.Decoder(ErrorInfo)
+_child_reply = msgspec.msgpack.Decoder(ChildReply)
+
+encode = _encoder.encode
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Decode an envelope, arguments left raw.
+
+    :raises msgspec.DecodeError: if the bytes are not a valid envelope of this version.
+    """
+    env = _envelope.decode(data)
+    if env.v != WIRE_VERSION:
+        raise msgspec.DecodeError(f"unsupported wire version {env.v} (expected {WIRE_VERSION})")
+    return env
+
+
+def decode_child_reply(data: bytes) -> ChildReply:
+    """Decode a child's reply."""
+    return _child_reply.decode(data)
+
+
+def decode_outcome(data: bytes) -> Outcome:
+    """Decode a stored outcome."""
+    return _outcome.decode(data)
+
+
+def decode_errors(data: bytes) -> list[ErrorInfo]:
+    """Decode the length-prefixed error records the finish script appends, one per attempt."""
+    out: list[ErrorInfo] = []
+    pos = 0
+    while pos + 4 <= len(data):
+        (size,) = struct.unpack_from(">I", data, pos)
+        pos += 4
+        try:
+            out.append(_error.decode(data[pos : pos + size]))
+        except msgspec.DecodeError:
+            out.append(ErrorInfo(type="DecodeError", message="unreadable error record"))
+        pos += size
+    return out

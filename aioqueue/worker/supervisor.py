@@ -1,0 +1,542 @@
+"""The worker supervisor: one event loop does all Redis work while children run the tasks.
+
+One anyio task group runs: the fetch loop (claims only as many jobs as children are free, blocks
+on the queue's wake-up list between claims), one task per running job, the finisher (records
+outcomes in batches, keeps them through Redis outages), heartbeats (extends leases, abandons
+jobs whose lease was lost) and maintenance (recovers jobs whose lease expired).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+
+from .. import wire
+from .._redis import is_transient
+from ..queue import Queue
+from ..scripts import Scripts
+from .pool import Pool
+
+__all__ = ("Worker", "WorkerSettings")
+
+log = logging.getLogger("aioqueue.worker")
+
+
+class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How a worker runs. Times are in seconds.
+
+    With the defaults, a SIGKILLed worker's jobs are back in work within
+    ``lease + maintenance_interval`` (6 s).
+    """
+
+    processes: int = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
+    prefetch: int = 0  # jobs claimed beyond the free children (0: never hold a job no child runs)
+    burst: bool = False  # exit once the queue is empty and nothing is in flight
+    heartbeat: float = 1.0
+    lease: float = 5.0
+    maintenance_interval: float = 1.0
+    block_timeout: float = 2.0  # longest blocking wait on Redis (always below the socket timeout)
+    grace: float = 30.0  # on SIGTERM, how long running jobs may finish before they are handed back
+    max_tasks_per_child: int | None = None
+    retry_backoff: float = 1.0  # first retry's delay; doubles per attempt, with jitter
+    retry_backoff_max: float = 300.0
+    kill_grace: float = 1.0  # between TERM and KILL of a child
+    handle_signals: bool = True
+
+    def validate(self) -> None:
+        """:raises ValueError: naming the setting out of range."""
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+        for name in ("heartbeat", "lease", "maintenance_interval", "block_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.lease <= self.heartbeat:
+            raise ValueError(
+                f"lease ({self.lease}) must be longer than heartbeat ({self.heartbeat})"
+            )
+        if self.max_tasks_per_child is not None and self.max_tasks_per_child < 1:
+            raise ValueError(f"max_tasks_per_child must be >= 1, got {self.max_tasks_per_child}")
+
+
+@dataclass(eq=False)
+class _Held:
+    """A job this worker holds a lease on."""
+
+    id: str
+    token: str
+    attempts: int
+    data: bytes
+    env: wire.Envelope | None = None
+    scope: anyio.CancelScope | None = None
+    lost: bool = False  # the lease was lost: drop whatever comes of it
+    release: bool = False  # shutting down: hand it back without counting the attempt
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Finish:
+    held: _Held
+    kind: str  # ok, retry, dead, release
+    result: bytes = b""
+    error: bytes = b""
+    delay_ms: int = 0
+    reaping: bool = False
+
+
+class _Backoff:
+    def __init__(self, base: float = 0.05, cap: float = 2.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.delay = base
+
+    async def sleep(self) -> None:
+        await anyio.sleep(self.delay * (0.5 + random.random() / 2))
+        self.delay = min(self.delay * 2, self.cap)
+
+    def reset(self) -> None:
+        self.delay = self.base
+
+
+class Worker:
+    """A supervisor for the queue at ``spec`` (``module:attr``), with its pool of children."""
+
+    def __init__(self, queue: Queue, spec: str, settings: WorkerSettings | None = None) -> None:
+        self.queue = queue
+        self.spec = spec
+        self.settings = s = settings or WorkerSettings()
+        s.validate()
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.keys = queue.keys
+        self.redis = queue._make_client(socket_timeout=s.block_timeout + 5.0, retries=1)
+        self.scripts = Scripts(self.redis)
+        self.pool: Pool | None = None
+        self.held: dict[str, _Held] = {}  # every job we hold a lease on, until its finish lands
+        self.running = 0  # jobs between claim and the child's reply
+        self.counters: dict[str, int] = {
+            "claimed": 0, "completed": 0, "retried": 0, "dead": 0, "released": 0,
+            "fenced": 0, "lost": 0, "recovered": 0, "stale": 0,
+        }  # fmt: skip
+        self._seq = 0
+        self._slot_freed = anyio.Event()
+        self._idle = anyio.Event()
+        self._finish_queue: list[_Finish] = []
+        self._finish_ready = anyio.Event()
+        self._finish_idle = anyio.Event()
+        self._finish_idle.set()
+        self.stopping = anyio.Event()
+        self._hard_stop = anyio.Event()
+        self._fetch_scope: anyio.CancelScope | None = None
+        self._tg: TaskGroup | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until the queue is drained (burst) or a signal arrives; then drain and return."""
+        s = self.settings
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self.pool = Pool(
+                self.spec,
+                s.processes,
+                spawn=tg.start_soon,
+                max_tasks_per_child=s.max_tasks_per_child,
+                kill_grace=s.kill_grace,
+            )
+            if s.handle_signals:
+                tg.start_soon(self._signals)
+            await self.pool.start()
+            await self._check_redis()
+            tg.start_soon(self._heartbeat_loop)
+            tg.start_soon(self._maintenance_loop)
+            tg.start_soon(self._finisher)
+            log.info(
+                "worker %s: queue %r, %d processes, pid %d",
+                self.id, self.queue.name, s.processes, os.getpid(),
+            )  # fmt: skip
+            with anyio.CancelScope() as self._fetch_scope:
+                await self._fetch_loop(tg)
+            await self._drain()
+            tg.cancel_scope.cancel()
+        await self.redis.aclose()
+        log.info("worker %s stopped: %s", self.id, self.counters)
+
+    def stop(self) -> None:
+        """Stop taking jobs; running ones get the grace period (as on SIGTERM)."""
+        self.stopping.set()
+        if self._fetch_scope is not None:
+            self._fetch_scope.cancel()
+
+    def stop_now(self) -> None:
+        """Hand every running job back at once (as on a second signal)."""
+        self.stop()
+        self._hard_stop.set()
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if not self.stopping.is_set():
+                    log.info(
+                        "%s: no new jobs; waiting up to %.0fs for %d running",
+                        signal.Signals(signum).name, self.settings.grace, self.running,
+                    )  # fmt: skip
+                    self.stop()
+                else:
+                    log.info("%s again: handing running jobs back now", signal.Signals(signum).name)
+                    self.stop_now()
+
+    async def _drain(self) -> None:
+        with anyio.move_on_after(self.settings.grace):
+            async with anyio.create_task_group() as tg:
+
+                async def hard() -> None:
+                    await self._hard_stop.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(hard)
+                await self._wait_idle()
+                tg.cancel_scope.cancel()
+        running = [h for h in self.held.values() if h.scope is not None and not h.lost]
+        for h in running:
+            h.release = True
+            if h.scope is not None:
+                h.scope.cancel()
+        await self._wait_idle()
+        with anyio.move_on_after(max(5.0, self.settings.lease)):
+            await self._flush_finishes()
+        if self._finish_queue:
+            log.warning("%d outcomes could not be written before exit", len(self._finish_queue))
+        if self.pool is not None:
+            with anyio.CancelScope(shield=True):
+                await self.pool.close()
+        try:
+            with anyio.move_on_after(2.0):
+                await self.redis.zrem(self.keys.workers, self.id)
+        except Exception:  # best effort on the way out
+            pass
+
+    async def _wait_idle(self) -> None:
+        while self.running:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    async def _check_redis(self) -> None:
+        try:
+            policy = await self.redis.config_get("maxmemory-policy")
+        except Exception:  # CONFIG may be denied by ACL; then we can't tell
+            return
+        items: dict[Any, Any] = dict(policy)
+        value = {_str(k): _str(v) for k, v in items.items()}.get("maxmemory-policy")
+        if value != "noeviction":
+            log.warning(
+                "Redis maxmemory-policy is %r: Redis may evict queue keys and lose jobs; "
+                "set it to noeviction",
+                value,
+            )
+
+    # -- fetch -----------------------------------------------------------------------------
+
+    async def _fetch_loop(self, tg: TaskGroup) -> None:
+        s = self.settings
+        backoff = _Backoff()
+        while not self.stopping.is_set():
+            free = s.processes + s.prefetch - self.running
+            if free <= 0:
+                self._slot_freed = anyio.Event()
+                await self._slot_freed.wait()
+                continue
+            try:
+                claimed, next_due_ms = await self._claim(free)
+                backoff.reset()
+                if claimed:
+                    for held in claimed:
+                        tg.start_soon(self._run_job, held)
+                    continue
+                if s.burst and not self.running and await self._queue_empty():
+                    log.info("burst: queue empty, stopping")
+                    self.stopping.set()
+                    return
+                timeout = s.block_timeout
+                if next_due_ms >= 0:
+                    timeout = min(timeout, next_due_ms / 1000)
+                if timeout > 0:
+                    await self.redis.blpop([self.keys.wake], timeout=max(timeout, 0.01))
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("fetch failed; retrying")
+                else:
+                    log.warning("fetch: Redis unavailable (%s); reconnecting", exc)
+                await backoff.sleep()
+
+    async def _claim(self, k: int) -> tuple[list[_Held], int]:
+        k_ = self.keys
+        seq = self._seq
+        self._seq += k
+        reply = await self.scripts.call(
+            "claim",
+            [k_.pending, k_.scheduled, k_.priority, k_.jobs, k_.attempts, k_.tokens, k_.leases,
+             k_.wake, k_.stats],
+            [k, int(self.settings.lease * 1000), f"{self.id}:", seq],
+        )  # fmt: skip
+        next_due, stale = int(reply[0]), int(reply[1])
+        if stale:
+            self.counters["stale"] += stale
+            log.warning("skipped %d stale queue entries (job finished or held elsewhere)", stale)
+        claimed = []
+        for i in range(2, len(reply), 4):
+            held = _Held(
+                id=_str(reply[i]), token=_str(reply[i + 1]), attempts=int(reply[i + 2]),
+                data=bytes(reply[i + 3]),
+            )  # fmt: skip
+            self.held[held.id] = held
+            self.running += 1
+            claimed.append(held)
+        self.counters["claimed"] += len(claimed)
+        return claimed, next_due
+
+    async def _queue_empty(self) -> bool:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.pending)
+            pipe.zcard(self.keys.scheduled)
+            pipe.zcard(self.keys.leases)
+            counts = await pipe.execute()
+        return sum(int(c) for c in counts) == 0
+
+    # -- run -------------------------------------------------------------------------------
+
+    async def _run_job(self, held: _Held) -> None:
+        try:
+            fin: _Finish | None = None
+            with anyio.CancelScope() as held.scope:
+                fin = await self._execute(held)
+            held.scope = None
+            if held.lost:
+                self.counters["lost"] += 1
+                log.warning("job %s: lease lost; its outcome is dropped", held.id)
+                self.held.pop(held.id, None)
+                return
+            self._enqueue_finish(fin or _Finish(held, "release"))
+        finally:
+            self.running -= 1
+            self._slot_freed.set()
+            if not self.running:
+                self._idle.set()
+
+    async def _execute(self, held: _Held) -> _Finish:
+        """Run one job; return how to finish it (never raises for the job's sake)."""
+        q = self.queue
+        if len(held.data) > q.max_payload:
+            return self._dead(held, "PayloadTooLarge", (
+                f"job payload is {len(held.data):,} bytes, over max_payload {q.max_payload:,}"
+            ), "malformed")  # fmt: skip
+        try:
+            env = held.env = wire.decode_envelope(held.data)
+        except msgspec.DecodeError as exc:
+            msg = f"job data can't be decoded: {exc}"
+            return self._dead(held, "MalformedJob", msg, "malformed")
+        td = q.tasks.get(env.task)
+        if td is None:
+            return self._dead(
+                held,
+                "UnknownTask",
+                f"no task named {env.task!r} in queue {q.name!r} (worker runs {self.spec})",
+                "unknown_task",
+            )
+        timeout = env.timeout if env.timeout is not None else td.timeout
+        assert self.pool is not None
+        log.debug("job %s: %s attempt %d", held.id, env.task, held.attempts)
+        reply = await self.pool.run(held.data, timeout)
+        if reply.ok:
+            outcome = wire.Outcome(
+                v=wire.WIRE_VERSION, task=env.task, ok=True, value=reply.value,
+                attempts=held.attempts, finished=time.time(),
+            )  # fmt: skip
+            return _Finish(held, "ok", result=wire.encode(outcome))
+        err = reply.error or wire.ErrorInfo(type="Error", message="unknown failure")
+        retries = env.retries if env.retries is not None else td.retries
+        if err.kind in ("malformed", "unknown_task"):
+            return self._dead(held, err.type, err.message, err.kind, err.traceback)
+        return self._failed(held, env.task, err, retries)
+
+    def _failed(
+        self, held: _Held, task: str, err: wire.ErrorInfo, retries: int, *, reaping: bool = False
+    ) -> _Finish:
+        err = msgspec.structs.replace(err, attempt=held.attempts)
+        if held.attempts <= retries:
+            s = self.settings
+            delay = 0.0
+            if not reaping:
+                delay = min(s.retry_backoff * 2 ** (held.attempts - 1), s.retry_backoff_max)
+                delay *= 0.5 + random.random() / 2
+            log.info(
+                "job %s: %s attempt %d failed (%s: %s); retry in %.2fs",
+                held.id, task, held.attempts, err.type, err.message, delay,
+            )  # fmt: skip
+            return _Finish(
+                held, "retry", error=wire.encode(err), delay_ms=math.ceil(delay * 1000),
+                reaping=reaping,
+            )  # fmt: skip
+        log.warning(
+            "job %s: %s failed after %d attempts (%s: %s); dead-lettered",
+            held.id, task, held.attempts, err.type, err.message,
+        )  # fmt: skip
+        outcome = wire.Outcome(
+            v=wire.WIRE_VERSION, task=task, ok=False, error=err, attempts=held.attempts,
+            finished=time.time(),
+        )  # fmt: skip
+        return _Finish(
+            held, "dead", result=wire.encode(outcome), error=wire.encode(err), reaping=reaping
+        )
+
+    def _dead(self, held: _Held, type_: str, message: str, kind: str, tb: str = "") -> _Finish:
+        task = held.env.task if held.env is not None else "?"
+        err = wire.ErrorInfo(type=type_, message=message, traceback=tb, attempt=held.attempts,
+                             kind=kind)  # fmt: skip
+        return self._failed(held, task, err, retries=0)
+
+    # -- finish ----------------------------------------------------------------------------
+
+    def _enqueue_finish(self, fin: _Finish) -> None:
+        self._finish_queue.append(fin)
+        self._finish_idle = anyio.Event()
+        self._finish_ready.set()
+
+    async def _finisher(self) -> None:
+        backoff = _Backoff(cap=1.0)
+        while True:
+            if not self._finish_queue:
+                self._finish_idle.set()
+                self._finish_ready = anyio.Event()
+                await self._finish_ready.wait()
+                continue
+            batch = self._finish_queue[:200]
+            try:
+                replies = await self._finish(batch)
+            except Exception as exc:
+                log.warning("could not record %d outcomes (%s); will retry", len(batch), exc)
+                await backoff.sleep()
+                continue
+            backoff.reset()
+            del self._finish_queue[: len(batch)]
+            for fin, r in zip(batch, replies, strict=True):
+                self._finished(fin, int(r))
+
+    async def _flush_finishes(self) -> None:
+        while self._finish_queue:
+            await self._finish_idle.wait()
+
+    async def _finish(self, batch: list[_Finish]) -> list[Any]:
+        k = self.keys
+        keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
+                k.dead, k.errors, k.wake, k.stats]  # fmt: skip
+        args: list[Any] = [k.done_channel]
+        default_ttl = self.queue.result_ttl
+        for fin in batch:
+            env = fin.held.env
+            dedup = env.key if env is not None else None
+            ttl = env.result_ttl if env is not None and env.result_ttl else default_ttl
+            keys += [k.result(fin.held.id), k.dedup(dedup) if dedup else k.jobs]
+            args += [
+                fin.held.id, fin.held.token, fin.kind, fin.result, fin.error, fin.delay_ms,
+                int(ttl * 1000), "1" if dedup else "0", "1" if fin.reaping else "0",
+            ]  # fmt: skip
+        return list(await self.scripts.call("finish", keys, args))
+
+    def _finished(self, fin: _Finish, applied: int) -> None:
+        held = fin.held
+        if not fin.reaping and self.held.get(held.id) is held:
+            del self.held[held.id]
+        if applied == 1:
+            counter = {"ok": "completed", "retry": "retried", "dead": "dead", "release": "released"}
+            self.counters["recovered" if fin.reaping else counter[fin.kind]] += 1
+        elif applied == 0 and not fin.reaping:
+            self.counters["fenced"] += 1
+            log.warning("job %s: outcome rejected, the lease was lost (fenced)", held.id)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        k = self.keys
+        while True:
+            await anyio.sleep(self.settings.heartbeat)
+            pairs: list[Any] = []
+            for held in self.held.values():
+                pairs += [held.id, held.token]
+            try:
+                lost = await self.scripts.call(
+                    "heartbeat",
+                    [k.leases, k.tokens, k.workers],
+                    [self.id, int(self.settings.lease * 1000), *pairs],
+                )
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for job_id in lost:
+                held = self.held.pop(_str(job_id), None)  # type: ignore[arg-type]
+                if held is None:
+                    continue
+                held.lost = True
+                log.warning("job %s: lease lost (presumed dead or cut off); abandoning", held.id)
+                if held.scope is not None:
+                    held.scope.cancel()
+
+    async def _maintenance_loop(self) -> None:
+        k = self.keys
+        while True:
+            await anyio.sleep(self.settings.maintenance_interval * (0.75 + random.random() / 2))
+            try:
+                reply = await self.scripts.call(
+                    "expired", [k.leases, k.tokens, k.attempts, k.jobs], [100]
+                )
+                if reply:
+                    await self._recover(reply)
+            except Exception as exc:
+                log.warning("maintenance failed: %s", exc)
+
+    async def _recover(self, reply: list[Any]) -> None:
+        batch = []
+        for i in range(0, len(reply), 4):
+            held = _Held(
+                id=_str(reply[i]), token=_str(reply[i + 1]), attempts=int(reply[i + 2]),
+                data=bytes(reply[i + 3]),
+            )  # fmt: skip
+            task, retries = "?", 0
+            try:
+                held.env = wire.decode_envelope(held.data)
+                task = held.env.task
+                td = self.queue.tasks.get(task)
+                retries = (
+                    held.env.retries if held.env.retries is not None
+                    else td.retries if td is not None else 0
+                )  # fmt: skip
+            except msgspec.DecodeError:
+                pass
+            err = wire.ErrorInfo(
+                type="WorkerLost",
+                message="the lease expired: the worker running the job stopped heartbeating "
+                "(killed, crashed, paused or cut off from Redis)",
+                kind="lost",
+            )
+            batch.append(self._failed(held, task, err, retries, reaping=True))
+        replies = await self._finish(batch)
+        for fin, r in zip(batch, replies, strict=True):
+            self._finished(fin, int(r))
+        n = sum(1 for r in replies if int(r) == 1)
+        if n:
+            log.warning("recovered %d jobs whose lease expired", n)
+
+
+def _str(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v

@@ -1,0 +1,112 @@
+"""Tasks the test suite runs through real workers (imported by producers and by workers)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from pathlib import Path
+
+import msgspec
+
+from aioqueue import Queue
+
+queue = Queue(os.environ.get("AIOQUEUE_TEST_QUEUE", "tests"))
+
+
+class Point(msgspec.Struct):
+    x: int
+    y: int
+
+
+@queue.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@queue.task
+def noop() -> None:
+    return None
+
+
+@queue.task(retries=0)
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@queue.task(retries=2)
+def fail_retried(message: str) -> None:
+    raise RuntimeError(message)
+
+
+@queue.task
+def norm(p: Point) -> Point:
+    return Point(x=abs(p.x), y=abs(p.y))
+
+
+@queue.task(retries=0)
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@queue.task(retries=0, timeout=0.5)
+def spin_forever() -> None:
+    while True:
+        pass
+
+
+@queue.task
+def burn(iterations: int) -> int:
+    total = 0
+    for i in range(iterations):
+        total += i * i % 7
+    return total
+
+
+@queue.task(retries=1)
+def crash_child() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@queue.task(retries=1)
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+@queue.task(retries=1)
+def kill_supervisor() -> None:
+    os.kill(os.getppid(), signal.SIGKILL)
+
+
+@queue.task(retries=0)
+def unencodable_result() -> object:
+    return object()
+
+
+@queue.task
+def record(ledger: str, tag: str, seconds: float = 0.0) -> str:
+    """Append a start line to the ledger (outside Redis), sleep, return the tag."""
+    with open(ledger, "a") as f:
+        f.write(f"{tag} {os.getpid()}\n")
+    if seconds:
+        time.sleep(seconds)
+    return tag
+
+
+@queue.task(retries=3)
+def flaky(ledger: str, failures: int) -> int:
+    """Fail the first ``failures`` attempts (counted in the ledger), then succeed."""
+    path = Path(ledger)
+    with path.open("a") as f:
+        f.write("x\n")
+    attempts = len(path.read_text().splitlines())
+    if attempts <= failures:
+        raise RuntimeError(f"attempt {attempts} fails")
+    return attempts
+
+
+@queue.task
+def pid() -> int:
+    return os.getpid()
