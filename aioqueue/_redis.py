@@ -32,7 +32,7 @@ async def call_redis(aw: Awaitable[Any], url: str) -> Any:
     try:
         return await aw
     except rex.ResponseError as exc:
-        if str(exc).startswith("OOM"):
+        if "OOM command not allowed" in str(exc):
             raise RedisOutOfMemory(
                 f"Redis at {safe_url(url)} is out of memory (maxmemory reached): {exc}; "
                 "nothing was written"

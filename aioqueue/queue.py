@@ -13,7 +13,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import msgspec
 from redis import exceptions as rex
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -250,6 +250,7 @@ class Queue:
     :param retries: how often a command is retried on a lost connection (with backoff) before
         :class:`~aioqueue.RedisUnavailable` is raised; every write is idempotent, so a retry never
         duplicates a job.
+    :param max_connections: connections in the pool; callers beyond it wait for a free one.
     """
 
     def __init__(
@@ -261,6 +262,7 @@ class Queue:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         connect_timeout: float = 2.0,
         retries: int = 5,
+        max_connections: int = 50,
     ) -> None:
         try:
             self.name = validate_queue_name(name)
@@ -275,6 +277,7 @@ class Queue:
         self.max_payload = max_payload
         self.connect_timeout = connect_timeout
         self.retries = retries
+        self.max_connections = max_connections
         self.keys = Keys(name)
         self.tasks: dict[str, TaskDef] = {}
         self._by_fn: dict[Callable[..., Any], TaskDef] = {}
@@ -359,8 +362,10 @@ class Queue:
         return self._scripts
 
     def _make_client(self, *, socket_timeout: float = 10.0, retries: int | None = None) -> Redis:
-        return Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             self.redis_url,
+            max_connections=self.max_connections,
+            timeout=self.connect_timeout + socket_timeout,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=socket_timeout,
             socket_keepalive=True,
@@ -371,6 +376,7 @@ class Queue:
             retry_on_error=[rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError],
             health_check_interval=30,
         )
+        return Redis.from_pool(pool)
 
     async def __aenter__(self) -> Queue:
         await call_redis(self.redis.ping(), self.redis_url)
@@ -674,52 +680,78 @@ def _str(v: bytes | str) -> str:
 
 class _Results:
     """One pub/sub subscription per queue wakes every local waiter; no polling, no per-job
-    connection. After each (re)subscribe, all waiters re-check, so a message missed while the
-    link was down costs nothing."""
+    connection. Finished ids are fetched in one round trip per batch. After each (re)subscribe,
+    all waiters are checked again, so a message missed while the link was down costs nothing."""
 
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[bytes]]] = {}
+        self._to_check: set[str] = set()
+        self._first: set[str] = set()  # ids not checked yet: unknown ones raise JobNotFound
         self._task: asyncio.Task[None] | None = None
+        self._checks: set[asyncio.Task[None]] = set()
         self._subscribed = asyncio.Event()
 
     async def wait(self, job_id: str) -> bytes:
-        q = self._queue
         if self._task is None or self._task.done():
             self._subscribed = asyncio.Event()
             self._task = asyncio.create_task(self._listen())
-        await self._subscribed.wait()
-        rkey = q.keys.result(job_id)
-        first = True
-        while True:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(job_id, set()).add(fut)
-            try:
-                if first:
-                    async with q.redis.pipeline(transaction=True) as pipe:
-                        pipe.get(rkey)
-                        pipe.hexists(q.keys.jobs, job_id)
-                        data, exists = await call_redis(pipe.execute(), q.redis_url)
-                    if data is None and not exists:
-                        raise JobNotFound(f"no job {job_id} in queue {q.name!r}")
-                    first = False
-                else:
-                    data = await call_redis(q.redis.get(rkey), q.redis_url)
-                if data is not None:
-                    return bytes(data)
-                await fut
-            finally:
-                futs = self._waiters.get(job_id)
-                if futs is not None:
-                    futs.discard(fut)
-                    if not futs:
-                        del self._waiters[job_id]
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(fut)
+        if self._subscribed.is_set():
+            self._first.add(job_id)
+            self._check([job_id])
+        try:
+            return await fut
+        finally:
+            futs = self._waiters.get(job_id)
+            if futs is not None:
+                with contextlib.suppress(ValueError):
+                    futs.remove(fut)
+                if not futs:
+                    del self._waiters[job_id]
 
-    def _wake(self, job_ids: Iterable[str]) -> None:
-        for job_id in job_ids:
-            for fut in self._waiters.get(job_id, ()):
-                if not fut.done():
-                    fut.set_result(None)
+    def _check(self, job_ids: Iterable[str]) -> None:
+        """Fetch the outcomes of these ids (with others asked for in this turn of the loop)."""
+        before = len(self._to_check)
+        self._to_check.update(i for i in job_ids if i in self._waiters)
+        if not before and self._to_check:
+            asyncio.get_running_loop().call_soon(self._start_check)
+
+    def _start_check(self) -> None:
+        ids, self._to_check = list(self._to_check), set()
+        for i in range(0, len(ids), MAX_BATCH):
+            task = asyncio.ensure_future(self._fetch(ids[i : i + MAX_BATCH]))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+
+    async def _fetch(self, ids: list[str]) -> None:
+        q = self._queue
+        first = [i for i in ids if i in self._first]
+        self._first.difference_update(first)
+        try:
+            async with q.redis.pipeline(transaction=True) as pipe:
+                pipe.mget([q.keys.result(i) for i in ids])
+                if first:
+                    pipe.hmget(q.keys.jobs, first)
+                replies = await call_redis(pipe.execute(), q.redis_url)
+        except Exception as exc:
+            for i in ids:
+                for fut in self._waiters.get(i, ()):
+                    if not fut.done():
+                        fut.set_exception(exc)
+            return
+        missing = set()
+        if first:
+            missing = {i for i, env in zip(first, replies[1], strict=True) if env is None}
+        for i, data in zip(ids, replies[0], strict=True):
+            for fut in self._waiters.get(i, ()):
+                if fut.done():
+                    continue
+                if data is not None:
+                    fut.set_result(bytes(data))
+                elif i in missing:
+                    fut.set_exception(JobNotFound(f"no job {i} in queue {q.name!r}"))
 
     async def _listen(self) -> None:
         q = self._queue
@@ -731,7 +763,8 @@ class _Results:
                 await pubsub.subscribe(q.keys.done_channel)
                 self._subscribed.set()
                 delay = 0.05
-                self._wake(list(self._waiters))  # re-check all: messages may have been missed
+                self._first.update(self._waiters)
+                self._check(list(self._waiters))  # messages may have been missed: check all
                 idle = 0.0
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
@@ -743,7 +776,7 @@ class _Results:
                         continue
                     idle = 0.0
                     if msg.get("type") == "message":
-                        self._wake(_str(msg["data"]).split())
+                        self._check(_str(msg["data"]).split())
             except (rex.ConnectionError, rex.TimeoutError, OSError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -754,8 +787,9 @@ class _Results:
                     await client.aclose()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in [self._task, *self._checks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
