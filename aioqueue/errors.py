@@ -19,7 +19,7 @@ __all__ = (
 
 
 class AioqueueError(Exception):
-    """Raised for every error that aioqueue itself reports."""
+    """Raised when aioqueue itself reports an error; the root of all its exceptions."""
 
 
 class JobFailed(AioqueueError):

@@ -110,3 +110,9 @@ def flaky(ledger: str, failures: int) -> int:
 @queue.task
 def pid() -> int:
     return os.getpid()
+
+
+@queue.task
+def echo(value):  # type: ignore[no-untyped-def]
+    """Unannotated: any msgpack value passes through."""
+    return value

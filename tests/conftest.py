@@ -1,0 +1,173 @@
+"""Fixtures: a private redis-server for the session, the test queue, and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from aioqueue import Queue
+from aioqueue.testing import RedisServer
+from tests import tasks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Sub-second settings so that recovery and retries happen within a test's time.
+FAST = [
+    "--heartbeat", "0.2", "--lease", "1.0", "--maintenance-interval", "0.2",
+    "--block-timeout", "0.5", "--retry-backoff", "0.05", "--kill-grace", "0.5",
+]  # fmt: skip
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the session (never a shared one)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if not redis_server.running:
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as r:
+        r.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as r:
+        yield r
+
+
+@pytest.fixture
+async def queue(redis_url: str) -> AsyncIterator[Queue]:
+    """The tests' queue (tests/tasks.py), connected to the private server."""
+    tasks.queue.redis_url = redis_url
+    async with tasks.queue as q:
+        yield q
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class WorkerProcess:
+    """An ``aioqueue-worker`` subprocess serving tests/tasks.py's queue."""
+
+    def __init__(self, redis_url: str, log: Path, *args: str, processes: int = 2) -> None:
+        self.redis_url = redis_url
+        self.args = ["--processes", str(processes), *FAST, *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = log
+
+    def start(self, wait: bool = True) -> WorkerProcess:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self._logfile = open(self.log, "ab")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aioqueue", "tests.tasks:queue", "--redis-url",
+             self.redis_url, "--log-level", "info", *self.args],
+            cwd=ROOT, env=env, stdout=self._logfile, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        if wait:
+            wait_for(lambda: len(children_of(self.pid)) >= 1, 30, "worker children")
+            with redis.Redis.from_url(self.redis_url) as r:
+                wait_for(
+                    lambda: r.zcard(tasks.queue.keys.workers) > 0 or self.proc.poll() is not None,
+                    30,
+                    "worker heartbeat",
+                )
+            assert self.proc.poll() is None, "worker exited during start"
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def output(self) -> str:
+        """What the worker has logged so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until the worker's log contains ``text``."""
+        wait_for(lambda: text in self.output(), timeout, f"worker log line {text!r}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if hasattr(self, "_logfile"):
+            self._logfile.close()
+
+
+@pytest.fixture
+def start_worker(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker subprocesses; all are stopped (SIGTERM, then SIGKILL) at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, processes: int = 2, wait: bool = True) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        w = WorkerProcess(redis_url, log, *args, processes=processes).start(wait)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
