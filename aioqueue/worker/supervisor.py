@@ -26,7 +26,7 @@ from .. import wire
 from .._redis import is_transient
 from ..queue import Queue
 from ..scripts import Scripts
-from .pool import Pool
+from .pool import Pool, Work
 
 __all__ = ("Worker", "WorkerSettings")
 
@@ -80,9 +80,10 @@ class _Held:
     attempts: int
     data: bytes
     env: wire.Envelope | None = None
-    scope: anyio.CancelScope | None = None
+    work: Work | None = None  # in the pool, until the child's reply
     lost: bool = False  # the lease was lost: drop whatever comes of it
     release: bool = False  # shutting down: hand it back without counting the attempt
+    finishing: bool = False  # its outcome is queued for the finish script
     started: float = field(default_factory=time.monotonic)
 
 
@@ -152,6 +153,7 @@ class Worker:
                 self.spec,
                 s.processes,
                 spawn=tg.start_soon,
+                depth=1 + math.ceil(s.prefetch / s.processes),
                 max_tasks_per_child=s.max_tasks_per_child,
                 kill_grace=s.kill_grace,
             )
@@ -167,7 +169,7 @@ class Worker:
                 self.id, self.queue.name, s.processes, os.getpid(),
             )  # fmt: skip
             with anyio.CancelScope() as self._fetch_scope:
-                await self._fetch_loop(tg)
+                await self._fetch_loop()
             await self._drain()
             tg.cancel_scope.cancel()
         await self.redis.aclose()
@@ -208,19 +210,18 @@ class Worker:
                 tg.start_soon(hard)
                 await self._wait_idle()
                 tg.cancel_scope.cancel()
-        running = [h for h in self.held.values() if h.scope is not None and not h.lost]
-        for h in running:
-            h.release = True
-            if h.scope is not None:
-                h.scope.cancel()
+        assert self.pool is not None
+        for h in list(self.held.values()):
+            if h.work is not None and not h.work.finished:
+                h.release = True
+                self.pool.cancel(h.work)
         await self._wait_idle()
         with anyio.move_on_after(max(5.0, self.settings.lease)):
             await self._flush_finishes()
         if self._finish_queue:
             log.warning("%d outcomes could not be written before exit", len(self._finish_queue))
-        if self.pool is not None:
-            with anyio.CancelScope(shield=True):
-                await self.pool.close()
+        with anyio.CancelScope(shield=True):
+            await self.pool.close(kill=True)
         try:
             with anyio.move_on_after(2.0):
                 await self.redis.zrem(self.keys.workers, self.id)
@@ -248,7 +249,7 @@ class Worker:
 
     # -- fetch -----------------------------------------------------------------------------
 
-    async def _fetch_loop(self, tg: TaskGroup) -> None:
+    async def _fetch_loop(self) -> None:
         s = self.settings
         backoff = _Backoff()
         while not self.stopping.is_set():
@@ -262,7 +263,7 @@ class Worker:
                 backoff.reset()
                 if claimed:
                     for held in claimed:
-                        tg.start_soon(self._run_job, held)
+                        self._start(held)
                     continue
                 if s.burst and not self.running and await self._queue_empty():
                     log.info("burst: queue empty, stopping")
@@ -316,48 +317,56 @@ class Worker:
 
     # -- run -------------------------------------------------------------------------------
 
-    async def _run_job(self, held: _Held) -> None:
-        try:
-            fin: _Finish | None = None
-            with anyio.CancelScope() as held.scope:
-                fin = await self._execute(held)
-            held.scope = None
-            if held.lost:
-                self.counters["lost"] += 1
-                log.warning("job %s: lease lost; its outcome is dropped", held.id)
-                self.held.pop(held.id, None)
-                return
-            self._enqueue_finish(fin or _Finish(held, "release"))
-        finally:
-            self.running -= 1
-            self._slot_freed.set()
-            if not self.running:
-                self._idle.set()
+    def _start(self, held: _Held) -> None:
+        """Hand a claimed job to the pool, or finish it at once if it can't run."""
+        fin, timeout = self._precheck(held)
+        if fin is not None:
+            self._job_done(held, fin)
+            return
+        assert self.pool is not None
+        held.work = self.pool.submit(held.data, timeout, lambda reply: self._on_reply(held, reply))
 
-    async def _execute(self, held: _Held) -> _Finish:
-        """Run one job; return how to finish it (never raises for the job's sake)."""
+    def _precheck(self, held: _Held) -> tuple[_Finish | None, float | None]:
         q = self.queue
         if len(held.data) > q.max_payload:
-            return self._dead(held, "PayloadTooLarge", (
-                f"job payload is {len(held.data):,} bytes, over max_payload {q.max_payload:,}"
-            ), "malformed")  # fmt: skip
+            size = f"job payload is {len(held.data):,} bytes, over max_payload {q.max_payload:,}"
+            return self._dead(held, "PayloadTooLarge", size, "malformed"), None
         try:
             env = held.env = wire.decode_envelope(held.data)
         except msgspec.DecodeError as exc:
             msg = f"job data can't be decoded: {exc}"
-            return self._dead(held, "MalformedJob", msg, "malformed")
+            return self._dead(held, "MalformedJob", msg, "malformed"), None
         td = q.tasks.get(env.task)
         if td is None:
-            return self._dead(
-                held,
-                "UnknownTask",
-                f"no task named {env.task!r} in queue {q.name!r} (worker runs {self.spec})",
-                "unknown_task",
-            )
-        timeout = env.timeout if env.timeout is not None else td.timeout
-        assert self.pool is not None
-        log.debug("job %s: %s attempt %d", held.id, env.task, held.attempts)
-        reply = await self.pool.run(held.data, timeout)
+            msg = f"no task named {env.task!r} in queue {q.name!r} (worker runs {self.spec})"
+            return self._dead(held, "UnknownTask", msg, "unknown_task"), None
+        return None, env.timeout if env.timeout is not None else td.timeout
+
+    def _on_reply(self, held: _Held, reply: wire.ChildReply | None) -> None:
+        """The pool is done with a job: a reply, or None when it was cancelled."""
+        if reply is None:
+            if held.lost:
+                self.counters["lost"] += 1
+                log.warning("job %s: lease lost; its outcome is dropped", held.id)
+                self._job_done(held, None)
+            else:
+                self._job_done(held, _Finish(held, "release"))
+            return
+        self._job_done(held, self._outcome(held, reply))
+
+    def _job_done(self, held: _Held, fin: _Finish | None) -> None:
+        self.running -= 1
+        self._slot_freed.set()
+        if not self.running:
+            self._idle.set()
+        if fin is None:
+            self.held.pop(held.id, None)
+        else:
+            self._enqueue_finish(fin)
+
+    def _outcome(self, held: _Held, reply: wire.ChildReply) -> _Finish:
+        env = held.env
+        assert env is not None
         if reply.ok:
             outcome = wire.Outcome(
                 v=wire.WIRE_VERSION, task=env.task, ok=True, value=reply.value,
@@ -365,9 +374,10 @@ class Worker:
             )  # fmt: skip
             return _Finish(held, "ok", result=wire.encode(outcome))
         err = reply.error or wire.ErrorInfo(type="Error", message="unknown failure")
-        retries = env.retries if env.retries is not None else td.retries
         if err.kind in ("malformed", "unknown_task"):
             return self._dead(held, err.type, err.message, err.kind, err.traceback)
+        td = self.queue.tasks.get(env.task)
+        retries = env.retries if env.retries is not None else td.retries if td else 0
         return self._failed(held, env.task, err, retries)
 
     def _failed(
@@ -409,6 +419,7 @@ class Worker:
     # -- finish ----------------------------------------------------------------------------
 
     def _enqueue_finish(self, fin: _Finish) -> None:
+        fin.held.finishing = True
         self._finish_queue.append(fin)
         self._finish_idle = anyio.Event()
         self._finish_ready.set()
@@ -472,8 +483,8 @@ class Worker:
         while True:
             await anyio.sleep(self.settings.heartbeat)
             pairs: list[Any] = []
-            for held in self.held.values():
-                pairs += [held.id, held.token]
+            for h in self.held.values():
+                pairs += [h.id, h.token]
             try:
                 lost = await self.scripts.call(
                     "heartbeat",
@@ -484,13 +495,16 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc)
                 continue
             for job_id in lost:
-                held = self.held.pop(_str(job_id), None)  # type: ignore[arg-type]
-                if held is None:
+                found = self.held.get(_str(job_id))
+                if found is None:
                     continue
+                held = found
+                if held.finishing:
+                    continue  # its outcome is on its way; the finish script fences it if need be
                 held.lost = True
                 log.warning("job %s: lease lost (presumed dead or cut off); abandoning", held.id)
-                if held.scope is not None:
-                    held.scope.cancel()
+                if held.work is not None and self.pool is not None:
+                    self.pool.cancel(held.work)
 
     async def _maintenance_loop(self) -> None:
         k = self.keys
