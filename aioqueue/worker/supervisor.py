@@ -254,7 +254,8 @@ class Worker:
         backoff = _Backoff()
         while not self.stopping.is_set():
             free = s.processes + s.prefetch - self.running
-            if free <= 0:
+            # with prefetch, refill in batches: claim again once half the prefetch is used up
+            if free <= 0 or self.running > s.processes + s.prefetch // 2:
                 self._slot_freed = anyio.Event()
                 await self._slot_freed.wait()
                 continue
