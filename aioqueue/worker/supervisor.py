@@ -481,8 +481,11 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         k = self.keys
+        first = True
         while True:
-            await anyio.sleep(self.settings.heartbeat)
+            if not first:  # the first beat registers the worker at once
+                await anyio.sleep(self.settings.heartbeat)
+            first = False
             pairs: list[Any] = []
             for h in self.held.values():
                 pairs += [h.id, h.token]
