@@ -1,0 +1,428 @@
+"""aioqueue's own costs, measured with no-op jobs: enqueue, end to end, processing, latency, memory.
+
+What it runs (every queue is fresh, so its counters start at zero):
+
+* floor: the submit script for one job, called again and again with the same job id (after the
+  first call it changes nothing), awaited one at a time: the cost of one script round trip.
+* enqueue, no worker running: N no-op jobs (a) one awaited ``submit`` at a time, (b) from 64
+  coroutines submitting concurrently, (c) in one ``submit_many``.
+* end to end, with a worker of 1 and of 2 processes: the same three modes, timed from the first
+  submit until the queue's ``completed`` counter shows all N jobs recorded.
+* processing: N jobs enqueued first, then a worker started; timed from the first completed job
+  the counter shows to the last (the same run including start-up is reported too).
+* latency, submit to result: on an idle queue (one job at a time) and under load (64 coroutines,
+  each submitting a job and awaiting its result, again and again).
+* memory: VmRSS of the supervisor and of each child after the runs above.
+
+Run ``python benchmarks/throughput.py --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import _common
+import bench_tasks
+from _common import RedisTarget, WorkerProcess
+
+from aioqueue import Queue
+
+CONCURRENCY = 64
+MODES = ("sequential", "concurrent", "bulk")
+MODE_TEXT = {
+    "sequential": "await submit() one at a time",
+    "concurrent": f"{CONCURRENCY} coroutines submitting",
+    "bulk": "one submit_many()",
+}
+
+
+@dataclass
+class Row:
+    """One measurement: ``n`` operations in ``seconds``."""
+
+    section: str
+    case: str
+    processes: int
+    n: int
+    seconds: float
+    per_s: float
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sizes:
+    """How many operations each part runs."""
+
+    floor: int
+    enqueue: int
+    e2e: int
+    processing: int
+    idle: int
+    load: int
+
+    @classmethod
+    def of(cls, quick: bool, scale: float) -> Sizes:
+        """The default sizes, times ``scale``; ``quick`` makes them tiny."""
+        base = (
+            cls(200, 200, 200, 300, 30, 200) if quick else cls(5000, 5000, 3000, 10000, 500, 5000)
+        )
+        return cls(*(max(int(v * scale), 10) for v in asdict(base).values()))
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("nan")
+
+
+# -- submitting ------------------------------------------------------------------------------
+
+
+async def submit_jobs(queue: Queue, mode: str, n: int) -> float:
+    """Submit ``n`` no-op jobs in ``mode``; returns the seconds it took."""
+    t0 = time.perf_counter()
+    if mode == "sequential":
+        for _ in range(n):
+            await queue.submit(bench_tasks.noop)
+    elif mode == "concurrent":
+        remaining = n
+
+        async def lane() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await queue.submit(bench_tasks.noop)
+
+        await asyncio.gather(*(lane() for _ in range(min(CONCURRENCY, n))))
+    elif mode == "bulk":
+        await queue.submit_many(bench_tasks.noop, [()] * n)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    return time.perf_counter() - t0
+
+
+async def completed(queue: Queue) -> int:
+    """The queue's ``completed`` counter."""
+    return (await queue.info()).counters.get("completed", 0)
+
+
+async def wait_completed(
+    queue: Queue, target: int, timeout: float, check: Callable[[], None]
+) -> None:
+    """Poll the counters until ``completed`` reaches ``target``."""
+
+    async def done() -> bool:
+        return await completed(queue) >= target
+
+    await _common.wait_until(
+        done, timeout, f"{target} completed jobs on {queue.name}", interval=0.002, check=check
+    )
+
+
+# -- the parts -------------------------------------------------------------------------------
+
+
+async def floor(redis: RedisTarget, n: int) -> Row:
+    """Rate of one submit-script round trip that changes nothing (the same job id each time)."""
+    name = _common.fresh_queue_name("tp-floor")
+    async with _common.make_queue(name, redis.url) as queue:
+        job = await queue.submit(bench_tasks.noop)
+        data = await queue.redis.hget(queue.keys.jobs, job.id)
+        k = queue.keys
+        keys = [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.result(job.id), k.jobs]
+        args = [job.id, data, 0, 0, "0"]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            reply = await queue.scripts.call("submit", keys, args)
+        seconds = time.perf_counter() - t0
+        if int(reply[1]) != 0:
+            raise RuntimeError("the floor's submit call created a job: it was not a no-op")
+    _cleanup(redis, name)
+    return Row("floor", "submit script, 1 job, no-op repeat", 0, n, seconds, _rate(n, seconds))
+
+
+async def enqueue_only(redis: RedisTarget, n: int) -> list[Row]:
+    """Enqueue rate of each mode, with no worker running."""
+    rows = []
+    for mode in MODES:
+        name = _common.fresh_queue_name(f"tp-enq-{mode}")
+        async with _common.make_queue(name, redis.url) as queue:
+            seconds = await submit_jobs(queue, mode, n)
+            pending = (await queue.info()).pending
+            if pending != n:
+                raise RuntimeError(f"{mode}: {pending} jobs pending after submitting {n}")
+        _cleanup(redis, name)
+        rows.append(Row("enqueue", MODE_TEXT[mode], 0, n, seconds, _rate(n, seconds)))
+    return rows
+
+
+async def with_worker(
+    redis: RedisTarget, processes: int, sizes: Sizes, timeout: float, log_dir: Path
+) -> tuple[list[Row], dict[str, Any]]:
+    """End to end in each mode, then latency idle and under load, then memory: one worker."""
+    name = _common.fresh_queue_name(f"tp-e2e-p{processes}")
+    worker = WorkerProcess(name, redis.url, processes, log_dir / f"e2e-p{processes}.log")
+    rows: list[Row] = []
+    try:
+        async with _common.make_queue(name, redis.url) as queue:
+            worker.start()
+
+            async def registered() -> bool:
+                return (await queue.info()).workers >= 1
+
+            await _common.wait_until(
+                registered, timeout, "the worker to register", check=worker.check_alive
+            )
+            done = 0
+            for mode in MODES:
+                t0 = time.perf_counter()
+                submit_s = await submit_jobs(queue, mode, sizes.e2e)
+                done += sizes.e2e
+                await wait_completed(queue, done, timeout, worker.check_alive)
+                seconds = time.perf_counter() - t0
+                rows.append(
+                    Row("end to end", MODE_TEXT[mode], processes, sizes.e2e, seconds,
+                        _rate(sizes.e2e, seconds), extra={"submit_s": submit_s})
+                )  # fmt: skip
+
+            idle = await latencies(queue, sizes.idle, 1, timeout, worker.check_alive)
+            rows.append(_latency_row("idle queue, one job at a time", processes, idle))
+            loaded = await latencies(queue, sizes.load, CONCURRENCY, timeout, worker.check_alive)
+            rows.append(
+                _latency_row(f"under load, {CONCURRENCY} clients submit+await", processes, loaded)
+            )
+            memory = worker.memory()
+    finally:
+        worker.stop()
+        _cleanup(redis, name)
+    return rows, memory
+
+
+def _latency_row(case: str, processes: int, lat: tuple[float, list[float]]) -> Row:
+    seconds, samples = lat
+    ms = [s * 1000 for s in samples]
+    return Row(
+        "latency",
+        case,
+        processes,
+        len(samples),
+        seconds,
+        _rate(len(samples), seconds),
+        p50_ms=_common.percentile(ms, 50),
+        p99_ms=_common.percentile(ms, 99),
+        extra={"mean_ms": sum(ms) / len(ms) if ms else float("nan")},
+    )
+
+
+async def latencies(
+    queue: Queue, n: int, clients: int, timeout: float, check: Callable[[], None]
+) -> tuple[float, list[float]]:
+    """``clients`` coroutines, each submitting a no-op and awaiting its result, ``n`` in all."""
+    samples: list[float] = []
+    remaining = n
+    deadline = time.monotonic() + timeout
+
+    async def lane() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            t = time.perf_counter()
+            job = await queue.submit(bench_tasks.noop)
+            await job.result(timeout=max(deadline - time.monotonic(), 0.001))
+            samples.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await _watch(asyncio.gather(*(lane() for _ in range(min(clients, n)))), check)
+    return time.perf_counter() - t0, samples
+
+
+async def _watch(work: Awaitable[Any], check: Callable[[], None]) -> None:
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.2)
+            if done:
+                task.result()
+                return
+            check()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def processing(
+    redis: RedisTarget, processes: int, n: int, timeout: float, log_dir: Path
+) -> Row:
+    """Enqueue ``n`` no-op jobs, then start a worker and time it through them."""
+    name = _common.fresh_queue_name(f"tp-proc-p{processes}")
+    worker = WorkerProcess(name, redis.url, processes, log_dir / f"proc-p{processes}.log")
+    try:
+        async with _common.make_queue(name, redis.url) as queue:
+            await submit_jobs(queue, "bulk", n)
+            worker.start()
+            t_start = time.perf_counter()
+            first: tuple[float, int] | None = None
+
+            async def all_done() -> bool:
+                nonlocal first
+                c = await completed(queue)
+                if c > 0 and first is None:
+                    first = (time.perf_counter(), c)
+                return c >= n
+
+            await _common.wait_until(
+                all_done, timeout, f"{n} completed jobs", interval=0.002, check=worker.check_alive
+            )
+            t_end = time.perf_counter()
+    finally:
+        worker.stop()
+        _cleanup(redis, name)
+    assert first is not None
+    t_first, c_first = first
+    seconds = t_end - t_first
+    return Row(
+        "processing",
+        "pre-enqueued, from first completion",
+        processes,
+        n - c_first,
+        seconds,
+        _rate(n - c_first, seconds),
+        extra={"with_startup_s": t_end - t_start, "with_startup_per_s": _rate(n, t_end - t_start)},
+    )
+
+
+def _cleanup(redis: RedisTarget, name: str) -> None:
+    if not redis.private:
+        _common.cleanup_queue(redis.url, name)
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def print_report(rows: list[Row], memory: dict[int, dict[str, Any]], floor_row: Row) -> None:
+    """The tables."""
+    _common.print_table(
+        ["section", "case", "processes", "n", "seconds", "per second", "p50 ms", "p99 ms"],
+        [
+            [r.section, r.case, r.processes if r.processes else "-", r.n, r.seconds, r.per_s,
+             r.p50_ms, r.p99_ms]
+            for r in rows
+        ],
+    )  # fmt: skip
+    seq = next(r for r in rows if r.section == "enqueue" and r.case == MODE_TEXT["sequential"])
+    print(
+        f"\nfloor: {floor_row.per_s:,.0f} script round trips/s; one awaited submit() at a time "
+        f"reaches {seq.per_s:,.0f} jobs/s = {seq.per_s / floor_row.per_s * 100:.0f}% of it "
+        f"(ratio {seq.per_s / floor_row.per_s:.2f})"
+    )
+    for r in rows:
+        if r.section == "processing":
+            print(
+                f"processing with {r.processes} process(es), worker start-up included: "
+                f"{r.extra['with_startup_s']:.2f} s, {r.extra['with_startup_per_s']:,.0f} jobs/s"
+            )
+    print("\nmemory after the runs (VmRSS):")
+    _common.print_table(
+        ["processes", "supervisor MiB", "children MiB (each)", "children MiB (sum)", "total MiB"],
+        [
+            [p, m["supervisor_rss_kib"] / 1024,
+             ", ".join(f"{c['rss_kib'] / 1024:.1f}" for c in m["children"]),
+             m["children_rss_kib"] / 1024,
+             (m["supervisor_rss_kib"] + m["children_rss_kib"]) / 1024]
+            for p, m in sorted(memory.items())
+        ],
+    )  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(description="aioqueue's own costs, measured with no-op jobs.")
+    p.add_argument("--redis-url", help="use this Redis (default: start a private redis-server)")
+    p.add_argument(
+        "--processes",
+        default="1,2",
+        help="worker process counts for the end-to-end and processing runs (default 1,2)",
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every job count by this (default 1)"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="bound on each wait (default 120 s)"
+    )
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--quick", action="store_true", help="tiny job counts: a smoke test")
+    args = p.parse_args(argv)
+    try:
+        args.processes = sorted({int(x) for x in args.processes.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"--processes: expected e.g. 1,2 — got {args.processes!r}")
+    if not args.processes or args.processes[0] < 1:
+        p.error("--processes: counts must be >= 1")
+    if args.scale <= 0 or args.timeout <= 0:
+        p.error("--scale and --timeout must be > 0")
+    return args
+
+
+async def run_all(
+    redis: RedisTarget, args: argparse.Namespace, sizes: Sizes, log_dir: Path
+) -> tuple[Row, list[Row], dict[int, dict[str, Any]]]:
+    """Every part, in order."""
+    floor_row = await floor(redis, sizes.floor)
+    print(f"  floor: {floor_row.per_s:,.0f} round trips/s", flush=True)
+    rows = await enqueue_only(redis, sizes.enqueue)
+    print("  enqueue: " + ", ".join(f"{r.per_s:,.0f}/s" for r in rows), flush=True)
+    memory: dict[int, dict[str, Any]] = {}
+    for n in args.processes:
+        part, memory[n] = await with_worker(redis, n, sizes, args.timeout, log_dir)
+        rows += part
+        print(f"  end to end and latency with {n} process(es): done", flush=True)
+    for n in args.processes:
+        rows.append(await processing(redis, n, sizes.processing, args.timeout, log_dir))
+        print(f"  processing with {n} process(es): {rows[-1].per_s:,.0f} jobs/s", flush=True)
+    return floor_row, rows, memory
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every part and report."""
+    args = parse_args(argv)
+    sizes = Sizes.of(args.quick, args.scale)
+    started = time.perf_counter()
+    with (
+        _common.redis_url_or_private(args.redis_url) as redis,
+        tempfile.TemporaryDirectory(prefix="aioq-throughput-") as tmp,
+    ):
+        machine = _common.machine_info(redis.url)
+        print(f"machine: {_common.describe_machine(machine)}")
+        print(f"redis: {'private redis-server' if redis.private else redis.url}")
+        print(f"sizes: {asdict(sizes)}")
+        floor_row, rows, memory = _common.run_async(run_all(redis, args, sizes, Path(tmp)))
+    print()
+    print_report(rows, memory, floor_row)
+    if args.json:
+        data = {
+            "benchmark": "throughput",
+            "machine": machine,
+            "sizes": asdict(sizes),
+            "floor": asdict(floor_row),
+            "rows": [asdict(r) for r in rows],
+            "memory": {str(k): v for k, v in memory.items()},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"json: {args.json}")
+    print(f"total time: {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
