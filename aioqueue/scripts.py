@@ -28,9 +28,9 @@ class Scripts:
             name: redis.register_script(src) for name, src in _SOURCES.items()
         }
 
-    async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run script ``name`` with ``keys`` and ``args``."""
-        return await self._scripts[name](keys=keys, args=args)
+    async def call(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        """Run script ``name``; with a pipeline as ``client``, queue it there."""
+        return await self._scripts[name](keys=keys, args=args, client=client)
 
     def sha(self, name: str) -> str:
         """The SHA1 of a script (for fault injection that targets one script)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 from anyio.abc import TaskGroup
 
@@ -134,9 +135,9 @@ class Worker:
         self._slot_freed = anyio.Event()
         self._idle = anyio.Event()
         self._finish_queue: list[_Finish] = []
+        self._finish_taken = 0  # outcomes being written right now
         self._finish_ready = anyio.Event()
-        self._finish_idle = anyio.Event()
-        self._finish_idle.set()
+        self._finish_changed = anyio.Event()  # set (and replaced) after each write attempt
         self.stopping = anyio.Event()
         self._hard_stop = anyio.Event()
         self._fetch_scope: anyio.CancelScope | None = None
@@ -283,15 +284,36 @@ class Worker:
                 await backoff.sleep()
 
     async def _claim(self, k: int) -> tuple[list[_Held], int]:
+        """Claim up to ``k`` jobs; outcomes waiting to be written go in the same round trip."""
         k_ = self.keys
         seq = self._seq
         self._seq += k
-        reply = await self.scripts.call(
-            "claim",
-            [k_.pending, k_.scheduled, k_.priority, k_.jobs, k_.attempts, k_.tokens, k_.leases,
-             k_.wake, k_.stats],
-            [k, int(self.settings.lease * 1000), f"{self.id}:", seq],
-        )  # fmt: skip
+        claim_keys = [k_.pending, k_.scheduled, k_.priority, k_.jobs, k_.attempts, k_.tokens,
+                      k_.leases, k_.wake, k_.stats]  # fmt: skip
+        claim_args = [k, int(self.settings.lease * 1000), f"{self.id}:", seq]
+        fins = self._take_finishes()
+        if not fins:
+            reply = await self.scripts.call("claim", claim_keys, claim_args)
+        else:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    await self.scripts.call("finish", *self._finish_call(fins), client=pipe)
+                    await self.scripts.call("claim", claim_keys, claim_args, client=pipe)
+                    finished, reply = await pipe.execute(raise_on_error=False)
+            except BaseException:
+                self._finish_queue[:0] = fins
+                raise
+            finally:
+                self._finish_taken -= len(fins)
+                self._notify_finish()
+            if isinstance(finished, Exception):
+                self._finish_queue[:0] = fins
+                self._finish_ready.set()
+            else:
+                for fin, r in zip(fins, finished, strict=True):
+                    self._finished(fin, int(r))
+            if isinstance(reply, Exception):
+                raise reply
         next_due, stale = int(reply[0]), int(reply[1])
         if stale:
             self.counters["stale"] += stale
@@ -422,34 +444,54 @@ class Worker:
     def _enqueue_finish(self, fin: _Finish) -> None:
         fin.held.finishing = True
         self._finish_queue.append(fin)
-        self._finish_idle = anyio.Event()
         self._finish_ready.set()
 
     async def _finisher(self) -> None:
         backoff = _Backoff(cap=1.0)
         while True:
             if not self._finish_queue:
-                self._finish_idle.set()
                 self._finish_ready = anyio.Event()
                 await self._finish_ready.wait()
                 continue
-            batch = self._finish_queue[:200]
+            await anyio.lowlevel.checkpoint()  # let the fetch loop take them with its claim
+            batch = self._take_finishes()
+            if not batch:
+                continue
             try:
                 replies = await self._finish(batch)
             except Exception as exc:
+                self._finish_queue[:0] = batch
                 log.warning("could not record %d outcomes (%s); will retry", len(batch), exc)
                 await backoff.sleep()
                 continue
+            finally:
+                self._finish_taken -= len(batch)
+                self._notify_finish()
             backoff.reset()
-            del self._finish_queue[: len(batch)]
             for fin, r in zip(batch, replies, strict=True):
                 self._finished(fin, int(r))
 
     async def _flush_finishes(self) -> None:
-        while self._finish_queue:
-            await self._finish_idle.wait()
+        while self._finish_queue or self._finish_taken:
+            changed = self._finish_changed
+            self._finish_ready.set()
+            await changed.wait()
+
+    def _notify_finish(self) -> None:
+        changed, self._finish_changed = self._finish_changed, anyio.Event()
+        changed.set()
+
+    def _take_finishes(self, n: int = 200) -> list[_Finish]:
+        """Take ownership of up to ``n`` outcomes to write (put back on failure)."""
+        batch = self._finish_queue[:n]
+        del self._finish_queue[:n]
+        self._finish_taken += len(batch)
+        return batch
 
     async def _finish(self, batch: list[_Finish]) -> list[Any]:
+        return list(await self.scripts.call("finish", *self._finish_call(batch)))
+
+    def _finish_call(self, batch: list[_Finish]) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
                 k.dead, k.errors, k.wake, k.stats]  # fmt: skip
@@ -464,7 +506,7 @@ class Worker:
                 fin.held.id, fin.held.token, fin.kind, fin.result, fin.error, fin.delay_ms,
                 int(ttl * 1000), "1" if dedup else "0", "1" if fin.reaping else "0",
             ]  # fmt: skip
-        return list(await self.scripts.call("finish", keys, args))
+        return keys, args
 
     def _finished(self, fin: _Finish, applied: int) -> None:
         held = fin.held
