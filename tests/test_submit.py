@@ -16,6 +16,14 @@ from tests import tasks
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(
+    params=[("asyncio", {}), ("asyncio", {"use_uvloop": True})], ids=["asyncio", "uvloop"]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    """The producer runs on plain asyncio and on uvloop."""
+    return request.param  # type: ignore[no-any-return]
+
+
 def _writes(r: redis.Redis) -> int:
     """Number of write commands Redis has run (scripts included)."""
     stats = r.info("commandstats")
