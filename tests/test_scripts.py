@@ -63,3 +63,26 @@ async def test_claim_never_starts_a_job_twice(queue: Queue, sync_redis: redis.Re
     reply = await queue.scripts.call("claim", keys, [1, 1000, "w2:", 0])
     assert reply[1] == 1 and len(reply) == 2
     assert sync_redis.hget(k.tokens, job.id) == b"w1:0"
+
+
+async def test_composed_finish_claim_runs_both_in_order(
+    queue: Queue, sync_redis: redis.Redis
+) -> None:
+    """finish_claim records one job's outcome, then claims the next, in one script call."""
+    k = queue.keys
+    claim_keys = [k.pending, k.scheduled, k.priority, k.jobs, k.attempts, k.tokens, k.leases,
+                  k.wake, k.stats]  # fmt: skip
+    first = await queue.submit(tasks.noop)
+    second = await queue.submit(tasks.noop)
+    reply = await queue.scripts.call("claim", claim_keys, [1, 1000, "w:", 0])
+    assert reply[2].decode() == first.id
+    finish_keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
+                   k.dead, k.errors, k.wake, k.stats, k.result(first.id), k.jobs]  # fmt: skip
+    outcome = wire.encode(wire.Outcome(v=1, task="tests.tasks.noop", ok=True))
+    finish_args = [k.done_channel, first.id, "w:0", "ok", outcome, b"", 0, 60000, "0", "0"]
+    finished, claimed = await queue.scripts.call_pair(
+        "finish_claim", (finish_keys, finish_args), (claim_keys, [1, 1000, "w:", 1])
+    )
+    assert finished == [1]
+    assert claimed[2].decode() == second.id and claimed[3] == b"w:1"
+    assert await first.result(timeout=5) is None

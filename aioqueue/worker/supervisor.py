@@ -252,7 +252,7 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         s = self.settings
-        backoff = _Backoff()
+        backoff = _Backoff(cap=1.0)  # resume within about a second of Redis coming back
         while not self.stopping.is_set():
             free = s.processes + s.prefetch - self.running
             # with prefetch, refill in batches: claim again once half the prefetch is used up
@@ -296,24 +296,17 @@ class Worker:
             reply = await self.scripts.call("claim", claim_keys, claim_args)
         else:
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    await self.scripts.call("finish", *self._finish_call(fins), client=pipe)
-                    await self.scripts.call("claim", claim_keys, claim_args, client=pipe)
-                    finished, reply = await pipe.execute(raise_on_error=False)
+                finished, reply = await self.scripts.call_pair(
+                    "finish_claim", self._finish_call(fins), (claim_keys, claim_args)
+                )
             except BaseException:
                 self._finish_queue[:0] = fins
                 raise
             finally:
                 self._finish_taken -= len(fins)
                 self._notify_finish()
-            if isinstance(finished, Exception):
-                self._finish_queue[:0] = fins
-                self._finish_ready.set()
-            else:
-                for fin, r in zip(fins, finished, strict=True):
-                    self._finished(fin, int(r))
-            if isinstance(reply, Exception):
-                raise reply
+            for fin, r in zip(fins, finished, strict=True):
+                self._finished(fin, int(r))
         next_due, stale = int(reply[0]), int(reply[1])
         if stale:
             self.counters["stale"] += stale
