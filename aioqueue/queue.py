@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
@@ -42,6 +43,7 @@ DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_RESULT_TTL = 24 * 3600.0
 DEFAULT_MAX_PAYLOAD = 1 << 20
 MAX_BATCH = 1000
+RECENT_FINISHED = 10_000  # finished ids remembered for waits that come after the message
 PRIORITY_RANGE = 1_000_000
 
 JobStatus = Literal["pending", "scheduled", "running", "complete", "failed", "dead", "unknown"]
@@ -155,14 +157,23 @@ def new_job_id() -> str:
 class Job(Generic[R]):
     """A handle to a submitted job. ``await job.result()`` gives its return value."""
 
-    __slots__ = ("id", "queue", "_rtype", "created")
+    __slots__ = ("id", "queue", "_rtype", "created", "_epoch")
 
-    def __init__(self, queue: Queue, id: str, rtype: Any = Any, created: bool = True) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        id: str,
+        rtype: Any = Any,
+        created: bool = True,
+        epoch: int | None = None,
+    ) -> None:
         self.id = id
         self.queue = queue
         self._rtype = rtype
         #: False when a de-duplication key matched an earlier job, which this handle points to.
         self.created = created
+        # the result subscription's epoch when the job was submitted, if it was live then
+        self._epoch = epoch if created else None
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, queue={self.queue.name!r})"
@@ -177,7 +188,7 @@ class Job(Generic[R]):
         :raises ResultTimeout: ``timeout`` passed first; the job goes on.
         """
         try:
-            data = await asyncio.wait_for(self.queue._results.wait(self.id), timeout)
+            data = await asyncio.wait_for(self.queue._results.wait(self.id, self._epoch), timeout)
         except TimeoutError:
             raise ResultTimeout(f"job {self.id} not finished after {timeout} s") from None
         outcome = wire.decode_outcome(data)
@@ -464,13 +475,14 @@ class Queue:
         name, td = self._resolve(fn)
         prepared = [self._prepare(name, td, a, k, o) for a, k, o in calls]
         rtype = td.return_type if td is not None else Any
+        epoch = self._results.live_epoch()
         if len(prepared) == 1:
             job_id, created = await self._coalesce(prepared[0])
-            return [Job(self, job_id, rtype, created)]
+            return [Job(self, job_id, rtype, created, epoch)]
         out: list[Job[Any]] = []
         for i in range(0, len(prepared), MAX_BATCH):
             replies = await self._send(prepared[i : i + MAX_BATCH])
-            out.extend(Job(self, jid, rtype, created) for jid, created in replies)
+            out.extend(Job(self, jid, rtype, created, epoch) for jid, created in replies)
         return out
 
     def _prepare(
@@ -691,16 +703,28 @@ class _Results:
         self._task: asyncio.Task[None] | None = None
         self._checks: set[asyncio.Task[None]] = set()
         self._subscribed = asyncio.Event()
+        self._epoch = 0  # bumped at each (re)subscribe
+        self._recent: OrderedDict[str, None] = OrderedDict()  # finished ids nobody waited for
 
-    async def wait(self, job_id: str) -> bytes:
+    def live_epoch(self) -> int | None:
+        """The subscription's epoch if it is live now (a job submitted now can't be missed)."""
+        return self._epoch if self._subscribed.is_set() else None
+
+    async def wait(self, job_id: str, epoch: int | None = None) -> bytes:
+        """Wait for a job's outcome. ``epoch``: the live epoch when the job was submitted; while
+        the subscription is still that one, the job's finish can't have been missed, so no
+        check is needed unless its message came before this wait."""
         if self._task is None or self._task.done():
             self._subscribed = asyncio.Event()
             self._task = asyncio.create_task(self._listen())
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         if self._subscribed.is_set():
-            self._first.add(job_id)
-            self._check([job_id])
+            seen = epoch is not None and epoch == self._epoch
+            if not seen or job_id in self._recent:
+                if not seen:
+                    self._first.add(job_id)
+                self._check([job_id])
         try:
             return await fut
         finally:
@@ -711,10 +735,20 @@ class _Results:
                 if not futs:
                     del self._waiters[job_id]
 
-    def _check(self, job_ids: Iterable[str]) -> None:
-        """Fetch the outcomes of these ids (with others asked for in this turn of the loop)."""
+    def _check(self, job_ids: Iterable[str], *, finished: bool = False) -> None:
+        """Fetch the outcomes of these ids (with others asked for in this turn of the loop).
+
+        ``finished``: the ids come from a finish message; remember those nobody waits for yet.
+        """
         before = len(self._to_check)
-        self._to_check.update(i for i in job_ids if i in self._waiters)
+        for i in job_ids:
+            if i in self._waiters:
+                self._to_check.add(i)
+            elif finished:
+                self._recent[i] = None
+                if len(self._recent) > RECENT_FINISHED:
+                    self._recent.clear()
+                    self._epoch += 1  # forgotten finishes: jobs submitted before must check
         if not before and self._to_check:
             asyncio.get_running_loop().call_soon(self._start_check)
 
@@ -730,11 +764,15 @@ class _Results:
         first = [i for i in ids if i in self._first]
         self._first.difference_update(first)
         try:
-            async with q.redis.pipeline(transaction=True) as pipe:
-                pipe.mget([q.keys.result(i) for i in ids])
-                if first:
+            if first:  # atomically: a job between the two reads is in one or the other
+                async with q.redis.pipeline(transaction=True) as pipe:
+                    pipe.mget([q.keys.result(i) for i in ids])
                     pipe.hmget(q.keys.jobs, first)
-                replies = await call_redis(pipe.execute(), q.redis_url)
+                    replies = await call_redis(pipe.execute(), q.redis_url)
+            else:
+                replies = [
+                    await call_redis(q.redis.mget([q.keys.result(i) for i in ids]), q.redis_url)
+                ]
         except Exception as exc:
             for i in ids:
                 for fut in self._waiters.get(i, ()):
@@ -761,6 +799,8 @@ class _Results:
             pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(q.keys.done_channel)
+                self._epoch += 1
+                self._recent.clear()
                 self._subscribed.set()
                 delay = 0.05
                 self._first.update(self._waiters)
@@ -776,8 +816,9 @@ class _Results:
                         continue
                     idle = 0.0
                     if msg.get("type") == "message":
-                        self._check(_str(msg["data"]).split())
+                        self._check(_str(msg["data"]).split(), finished=True)
             except (rex.ConnectionError, rex.TimeoutError, OSError):
+                self._subscribed.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             finally:

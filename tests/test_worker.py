@@ -270,3 +270,19 @@ async def test_burst_exits_when_queue_is_empty(queue: Queue, start_worker: Start
     worker = start_worker("--burst", wait=False)
     assert worker.wait(30) == 0
     assert [await j.result(timeout=5) for j in jobs] == list(range(10))
+
+
+async def test_results_awaited_long_after_they_finished(
+    queue: Queue, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Results awaited only after many other jobs finished (their messages long gone) still
+    arrive, and an id submitted elsewhere is found too."""
+    import aioqueue.queue as qmod
+
+    monkeypatch.setattr(qmod, "RECENT_FINISHED", 10)
+    start_worker()
+    assert await (await queue.submit(tasks.add, 0, 0)).result(timeout=20) == 0  # subscribed now
+    jobs = await queue.submit_many(tasks.add, [(i, 1) for i in range(100)])
+    assert await jobs[-1].result(timeout=30) == 100
+    assert [await j.result(timeout=10) for j in jobs] == [i + 1 for i in range(100)]
+    assert await queue.job(jobs[0].id).result(timeout=10) == 1
