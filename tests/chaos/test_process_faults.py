@@ -1,0 +1,317 @@
+"""Chaos scenarios around processes: baseline, supervisor SIGKILL, child deaths, SIGTERM drain."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aioqueue import Call
+from aioqueue.testing import RedisServer
+
+from .harness import KEYS, LEASE, MAINTENANCE, Workers, admin, eventually, finish, producer, summary
+from .history import Fault, History, Ledger, Report
+from .ledger_tasks import EXIT_HARD, KILL_SUPERVISOR, SEGFAULT, SUICIDE, WORK
+from .proxy import ThreadedFaultProxy
+
+pytestmark = [pytest.mark.chaos, pytest.mark.anyio]
+
+RECOVERY_BOUND_MS = (LEASE + MAINTENANCE + 1.0) * 1000
+
+
+async def submit_batch(hist: History, q: object, tags: list[str], *args: object) -> None:
+    t = time.time()
+    jobs = await q.submit_many(WORK, [Call(tag, *args) for tag in tags])  # type: ignore[attr-defined]
+    hist.record_many(tags, jobs, t)
+
+
+async def test_s0_baseline(
+    redis_server: RedisServer,
+    workers: Workers,
+    ledger_dir: Path,
+    chaos_report: Report,
+    chaos_seed: int,
+) -> None:
+    """No faults: every job runs once and has exactly one result."""
+    n = 2000
+    hist = History("S0 baseline", chaos_seed)
+    with ThreadedFaultProxy("127.0.0.1", redis_server.port, seed=chaos_seed) as proxy:
+        w = workers.start(proxy.url)
+        await workers.wait_children(w)
+        hist.t0 = time.time()
+        async with producer(proxy.url) as q:
+
+            async def submitter(k: int) -> None:
+                for i in range(k, n, 4):
+                    await hist.submit(f"b{i}", q.submit(WORK, f"b{i}"))
+
+            async with anyio.create_task_group() as tg:
+                for k in range(4):
+                    tg.start_soon(submitter, k)
+            record = await finish(hist, redis_server, ledger_dir, chaos_report)
+    assert record["acknowledged"] == n, summary(record)
+    assert record["lost"] == 0 and record["unexpected"] == 0, summary(record)
+    assert record["dup_exec"] == 0 and record["dup_results"] == 0, summary(record)
+    assert record["completed"] == n and record["fenced"] == 0 and record["recovered"] == 0
+    await workers.assert_no_orphans()
+
+
+async def test_s1_supervisor_sigkill(
+    redis_server: RedisServer,
+    workers: Workers,
+    ledger_dir: Path,
+    chaos_report: Report,
+    chaos_seed: int,
+    rng: random.Random,
+) -> None:
+    """SIGKILL worker A's supervisor 3 times mid-run while worker B keeps going."""
+    kills = 3
+    hist = History("S1 supervisor SIGKILL", chaos_seed)
+    url = redis_server.url
+    a = workers.start(url)
+    b = workers.start(url)
+    await workers.wait_children(a)
+    await workers.wait_children(b)
+    hist.t0 = time.time()
+    inflight: list[int] = []
+    async with producer(url) as q:
+        stop = anyio.Event()
+
+        async def produce() -> None:
+            i = 0
+            while not stop.is_set():
+                tags = [f"k{i + j}" for j in range(40)]
+                i += 40
+                await submit_batch(hist, q, tags, 0.02)
+                await anyio.sleep(0.2)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            for _ in range(kills):
+                await anyio.sleep(rng.uniform(0.3, 0.8))
+                await eventually(
+                    lambda a=a: Ledger.read(ledger_dir).open_on(a.children()), 3.0, "A busy", 0.005
+                )
+                t, kids = a.kill()
+                await workers.assert_no_orphans()
+                ledger = Ledger.read(ledger_dir)
+                open_tags = ledger.open_on(kids)
+                inflight.append(len(open_tags))
+                hist.faults.append(Fault("supervisor SIGKILL", t, open_tags))
+                await anyio.sleep(rng.uniform(0.0, 0.5))
+                a = workers.start(url)
+                await workers.wait_children(a)
+            await anyio.sleep(0.5)
+            stop.set()
+        record = await finish(hist, redis_server, ledger_dir, chaos_report)
+    record["inflight_at_kills"] = inflight
+    assert record["lost"] == 0 and record["unexpected"] == 0, summary(record)
+    assert record["dup_results"] == 0, summary(record)
+    assert record["dup_exec"] <= sum(inflight) + kills * 2, summary(record)
+    assert record["dup_exec"] <= kills * 2, summary(record)
+    rec_max = record["recovery_ms"]["max"]
+    assert rec_max is None or rec_max <= RECOVERY_BOUND_MS, record["recovery"]
+    assert record["leftover"]["leases"] == 0 and record["leftover"]["tokens"] == 0
+    assert b.running
+
+
+async def test_s2a_child_sigkill(
+    redis_server: RedisServer,
+    workers: Workers,
+    ledger_dir: Path,
+    chaos_report: Report,
+    chaos_seed: int,
+    rng: random.Random,
+) -> None:
+    """SIGKILL a busy child 4 times: its job is retried and succeeds; the child is replaced."""
+    hist = History("S2a child SIGKILL", chaos_seed)
+    w = workers.start(redis_server.url)
+    await workers.wait_children(w)
+    hist.t0 = time.time()
+    kills: list[tuple[int, str]] = []  # (victim pid, the tag it was running)
+    respawn_ms: list[float] = []
+    async with producer(redis_server.url) as q:
+        await submit_batch(hist, q, [f"c{i}" for i in range(24)], 0.25)
+        for _ in range(4):
+            await anyio.sleep(rng.uniform(0.1, 0.4))
+            ledger = Ledger.read(ledger_dir)
+            hit = {tag for _, tag in kills}
+            busy = [
+                (pid, tag)
+                for pid in w.children()
+                for tag in ledger.open_on([pid])
+                if tag not in hit  # each job is shot at most once, so none runs out of attempts
+            ]
+            if not busy:
+                continue
+            victim, tag = rng.choice(busy)
+            os.kill(victim, signal.SIGKILL)
+            hist.fault("child SIGKILL", {tag})
+            kills.append((victim, tag))
+
+            def respawned(victim: int = victim) -> bool:
+                kids = w.children()
+                return len(kids) == 2 and victim not in kids
+
+            respawn_ms.append(1000 * await eventually(respawned, 5.0, "a new child"))
+        record = await finish(hist, redis_server, ledger_dir, chaos_report)
+    # a kill interrupted its job if the victim never wrote the job's end line (it may have
+    # finished just before the signal landed)
+    ledger = Ledger.read(ledger_dir)
+    interrupted = sum(1 for pid, tag in kills if tag in ledger.open_on([pid]))
+    record["kills"] = len(kills)
+    record["interrupted"] = interrupted
+    record["respawn_ms_max"] = round(max(respawn_ms, default=0.0), 1)
+    assert interrupted >= 1
+    # no collateral failure: only the killed jobs were retried (a kill that landed between the
+    # job's end and its reply may add one retry)
+    assert interrupted <= record["retried"] <= len(kills), summary(record)
+    assert record["lost"] == 0 and record["dead"] == 0, (summary(record), record["dlq_reasons"])
+    assert record["dup_results"] == 0, summary(record)
+    assert max(respawn_ms) <= 1000
+    assert record["completed"] == 24
+    assert interrupted <= record["dup_exec"] <= len(kills), summary(record)
+
+
+@pytest.mark.parametrize(
+    ("task", "reason"),
+    [
+        (SUICIDE, "killed by SIGKILL"),
+        (SEGFAULT, "killed by SIGSEGV"),
+        (EXIT_HARD, "exited with code 3"),
+    ],
+    ids=["sigkill-self", "segfault", "exit-3"],
+)
+async def test_s2b_poison_child(
+    redis_server: RedisServer,
+    workers: Workers,
+    ledger_dir: Path,
+    chaos_report: Report,
+    chaos_seed: int,
+    task: str,
+    reason: str,
+) -> None:
+    """A task that kills its own child every time is dead-lettered after exactly 3 starts."""
+    hist = History(f"S2b poison {task.rsplit('.', 1)[1]}", chaos_seed)
+    w = workers.start(redis_server.url)
+    await workers.wait_children(w)
+    hist.t0 = time.time()
+    async with producer(redis_server.url) as q:
+        good = [f"g{i}" for i in range(40)]
+        await submit_batch(hist, q, good[:20], 0.01)
+        await hist.submit("poison", q.submit(task, "poison"))
+        await submit_batch(hist, q, good[20:], 0.01)
+        record = await finish(hist, redis_server, ledger_dir, chaos_report, multi_start=["poison"])
+        dead = await q.dead_letters()
+    ledger = Ledger.read(ledger_dir)
+    assert ledger.starts["poison"] == 3
+    assert [d.id for d in dead] == [hist.acked["poison"]]
+    errors = dead[0].errors
+    assert len(errors) == 3 and all(e.type == "ChildDied" and reason in e.message for e in errors)
+    assert [e.attempt for e in errors] == [1, 2, 3]
+    assert record["lost"] == 0 and record["dup_exec"] == 0 and record["dup_results"] == 0
+    assert record["completed"] == 40 and record["dead"] == 1, summary(record)
+    assert w.running
+
+
+async def test_s2c_poison_kills_supervisor(
+    redis_server: RedisServer,
+    workers: Workers,
+    ledger_dir: Path,
+    chaos_report: Report,
+    chaos_seed: int,
+) -> None:
+    """A task that SIGKILLs its supervisor every time: retried, then dead-lettered (WorkerLost)."""
+    hist = History("S2c poison kills supervisor", chaos_seed)
+    url = redis_server.url
+    w = workers.start(url)
+    await workers.wait_children(w)
+    hist.t0 = time.time()
+    deaths = 0
+    async with producer(url) as q:
+        await submit_batch(hist, q, [f"g{i}" for i in range(10)], 0.01)
+        await hist.submit("poison", q.submit(KILL_SUPERVISOR, "poison"))
+        await submit_batch(hist, q, [f"h{i}" for i in range(10)], 0.01)
+        deadline = time.monotonic() + 20
+        async with admin(redis_server) as r:
+            while await r.zscore(KEYS.dead, hist.acked["poison"]) is None:
+                assert time.monotonic() < deadline, "poison job never dead-lettered"
+                if not w.running:
+                    deaths += 1
+                    await workers.assert_no_orphans()
+                    hist.fault("supervisor killed by its task", ["poison"])
+                    w = workers.start(url)
+                    await workers.wait_children(w)
+                await anyio.sleep(0.05)
+        record = await finish(hist, redis_server, ledger_dir, chaos_report, multi_start=["poison"])
+        dead = await q.dead_letters()
+    record["supervisor_deaths"] = deaths
+    ledger = Ledger.read(ledger_dir)
+    assert ledger.starts["poison"] == 2 and deaths == 2
+    assert len(dead) == 1 and [e.type for e in dead[0].errors] == ["WorkerLost", "WorkerLost"]
+    assert record["lost"] == 0 and record["dup_results"] == 0, summary(record)
+    assert record["dup_exec"] <= 2 * deaths, summary(record)
+    assert record["completed"] == 20
+
+
+async def test_s3_sigterm_drain(
+    redis_server: RedisServer,
+    workers: Workers,
+    ledger_dir: Path,
+    chaos_report: Report,
+    chaos_seed: int,
+) -> None:
+    """SIGTERM mid-run: no fetch after the signal, short jobs finish, long ones are handed back
+    (attempt not counted) when the grace ends, exit code 0; a second worker finishes the rest."""
+    grace = 1.5
+    hist = History("S3 SIGTERM drain", chaos_seed)
+    url = redis_server.url
+    w = workers.start(url, grace=grace)
+    await workers.wait_children(w)
+    hist.t0 = time.time()
+    async with producer(url) as q, admin(redis_server) as r:
+        # the two long jobs go first (priority) so that both children hold one at the signal
+        for i in range(2):
+            await hist.submit(
+                f"long{i}", q.options(priority=10).submit(WORK, f"long{i}", 30.0, 0, True)
+            )
+        await submit_batch(hist, q, [f"s{i}" for i in range(30)], 0.2)
+        await eventually(
+            lambda: Ledger.read(ledger_dir).starts["long1"] >= 1, 10.0, "long jobs started"
+        )
+        await anyio.sleep(0.3)
+        long_ids = [hist.acked["long0"], hist.acked["long1"]]
+        t_sig = w.send(signal.SIGTERM)
+
+        async def released() -> bool:
+            return all([await r.zscore(KEYS.pending, jid) is not None for jid in long_ids])
+
+        await eventually(released, grace + 3.0, "long jobs handed back", interval=0.01)
+        t_released = time.time()
+        code = await anyio.to_thread.run_sync(w.wait, grace + 5.0)
+        t_exit = time.time()
+        assert code == 0, w.log_text()
+        assert t_exit - t_sig <= grace + 2.0
+        leases = await r.zcard(KEYS.leases)
+        attempts = [await r.hget(KEYS.attempts, hist.acked[f"long{i}"]) for i in range(2)]
+        pending_long = [await r.zscore(KEYS.pending, hist.acked[f"long{i}"]) for i in range(2)]
+        ledger = Ledger.read(ledger_dir)
+        late = ledger.starts_after(t_sig + 0.05)
+        w2 = workers.start(url)
+        await workers.wait_children(w2)
+        record = await finish(hist, redis_server, ledger_dir, chaos_report)
+    record["drain_s_after_sigterm"] = round(t_exit - t_sig, 2)
+    record["released_ms_after_grace"] = round((t_released - t_sig - grace) * 1000, 1)
+    assert record["released_ms_after_grace"] <= 1000
+    assert leases == 0, "leases left to expire after a graceful stop"
+    assert attempts == [b"0", b"0"], f"released attempts were counted: {attempts}"
+    assert None not in pending_long
+    assert not late, f"jobs started after SIGTERM: {late}"
+    assert record["lost"] == 0 and record["dup_results"] == 0, summary(record)
+    assert record["dup_exec"] == 2, summary(record)
+    assert set(record["details"]["dup_tags"]) == {"long0", "long1"}
