@@ -597,31 +597,19 @@ class Queue:
 
     async def _status(self, job_id: str) -> JobStatus:
         k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zscore(k.leases, job_id)
-            pipe.zscore(k.pending, job_id)
-            pipe.zscore(k.scheduled, job_id)
-            pipe.zscore(k.dead, job_id)
-            pipe.get(k.result(job_id))
-            leased, pending, scheduled, dead, result = await call_redis(
-                pipe.execute(), self.redis_url
-            )
-        if leased is not None:
-            return "running"
-        if pending is not None:
-            return "pending"
-        if scheduled is not None:
-            return "scheduled"
-        if dead is not None:
-            return "dead"
-        if result is not None:
-            return "complete" if wire.decode_outcome(result).ok else "failed"
-        return "unknown"
+        keys = [k.leases, k.pending, k.scheduled, k.dead, k.result(job_id), k.jobs]
+        state, outcome = await call_redis(
+            self.scripts.call("status", keys, [job_id]), self.redis_url
+        )
+        state = _str(state)
+        if state == "finished":
+            return "complete" if wire.decode_outcome(outcome).ok else "failed"
+        return state  # type: ignore[return-value]
 
     async def info(self) -> QueueInfo:
         """Counts of pending, scheduled, running and dead jobs, live workers, and counters."""
         k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(k.pending)
             pipe.zcard(k.scheduled)
             pipe.zcard(k.leases)
@@ -763,32 +751,28 @@ class _Results:
         q = self._queue
         first = [i for i in ids if i in self._first]
         self._first.difference_update(first)
+        missing: set[str] = set()
         try:
-            if first:  # atomically: a job between the two reads is in one or the other
-                async with q.redis.pipeline(transaction=True) as pipe:
-                    pipe.mget([q.keys.result(i) for i in ids])
-                    pipe.hmget(q.keys.jobs, first)
-                    replies = await call_redis(pipe.execute(), q.redis_url)
+            if first:  # in one step: a job finishing meanwhile is found in one place or the other
+                keys = [q.keys.jobs, *(q.keys.result(i) for i in ids)]
+                found = await call_redis(q.scripts.call("outcomes", keys, ids), q.redis_url)
+                datas = [f if isinstance(f, bytes) else None for f in found]
+                missing = {i for i, f in zip(ids, found, strict=True) if f == 0}
             else:
-                replies = [
-                    await call_redis(q.redis.mget([q.keys.result(i) for i in ids]), q.redis_url)
-                ]
+                datas = await call_redis(q.redis.mget([q.keys.result(i) for i in ids]), q.redis_url)
         except Exception as exc:
             for i in ids:
                 for fut in self._waiters.get(i, ()):
                     if not fut.done():
                         fut.set_exception(exc)
             return
-        missing = set()
-        if first:
-            missing = {i for i, env in zip(first, replies[1], strict=True) if env is None}
-        for i, data in zip(ids, replies[0], strict=True):
+        for i, data in zip(ids, datas, strict=True):
             for fut in self._waiters.get(i, ()):
                 if fut.done():
                     continue
                 if data is not None:
                     fut.set_result(bytes(data))
-                elif i in missing:
+                elif i in missing and i in first:
                     fut.set_exception(JobNotFound(f"no job {i} in queue {q.name!r}"))
 
     async def _listen(self) -> None:

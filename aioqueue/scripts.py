@@ -10,7 +10,10 @@ from redis.commands.core import AsyncScript
 
 __all__ = ("Scripts",)
 
-_NAMES = ("submit", "claim", "heartbeat", "expired", "finish", "requeue", "purge", "cancel")
+_NAMES = (
+    "submit", "claim", "heartbeat", "expired", "finish", "requeue", "purge", "cancel", "status",
+    "outcomes",
+)  # fmt: skip
 
 
 def _source(name: str) -> str:

@@ -91,7 +91,12 @@ def decode_envelope(data: bytes) -> Envelope:
 
     :raises msgspec.DecodeError: if the bytes are not a valid envelope of this version.
     """
-    env = _envelope.decode(data)
+    try:
+        env = _envelope.decode(data)
+    except msgspec.DecodeError:
+        raise
+    except Exception as exc:  # e.g. invalid UTF-8 in a string: still just malformed data
+        raise msgspec.DecodeError(f"{type(exc).__name__}: {exc}") from None
     if env.v != WIRE_VERSION:
         raise msgspec.DecodeError(f"unsupported wire version {env.v} (expected {WIRE_VERSION})")
     return env

@@ -86,3 +86,25 @@ async def test_composed_finish_claim_runs_both_in_order(
     assert finished == [1]
     assert claimed[2].decode() == second.id and claimed[3] == b"w:1"
     assert await first.result(timeout=5) is None
+
+
+@pytest.mark.parametrize("kind", ["ok", "retry", "dead"])
+async def test_finish_retried_after_lost_reply_is_not_fenced(
+    queue: Queue, sync_redis: redis.Redis, kind: str
+) -> None:
+    """A finish call re-sent after its reply was lost reports success again and counts no
+    fencing; a different outcome with the same stale token is fenced."""
+    k = queue.keys
+    claim_keys = [k.pending, k.scheduled, k.priority, k.jobs, k.attempts, k.tokens, k.leases,
+                  k.wake, k.stats]  # fmt: skip
+    job = await queue.submit(tasks.noop)
+    await queue.scripts.call("claim", claim_keys, [1, 10_000, "w:", 0])
+    keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled, k.dead,
+            k.errors, k.wake, k.stats, k.result(job.id), k.jobs]  # fmt: skip
+    args = [k.done_channel, job.id, "w:0", kind, b"outcome-1", b"error-1", 0, 60_000, "0", "0"]
+    assert await queue.scripts.call("finish", keys, args) == [1]
+    assert await queue.scripts.call("finish", keys, args) == [1]
+    assert sync_redis.hget(k.stats, "fenced") is None
+    other = [*args[:4], b"outcome-2", b"error-2", *args[6:]]
+    assert await queue.scripts.call("finish", keys, other) == [0]
+    assert sync_redis.hget(k.stats, "fenced") == b"1"

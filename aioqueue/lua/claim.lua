@@ -14,6 +14,9 @@
 --          id, token, attempts, envelope}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- A deletion first (of nothing): Redis refuses a script at maxmemory only when its first write
+-- may grow memory, and workers must go on draining the queue then.
+redis.call('HDEL', KEYS[6], '')
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 500)
 for _, id in ipairs(due) do
   local p = tonumber(redis.call('HGET', KEYS[3], id) or '0')

@@ -12,6 +12,9 @@
 -- Returns per job: 1 applied, 0 fenced (the caller no longer holds the job), -1 lease alive.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- A deletion first (of nothing): Redis refuses a script at maxmemory only when its first write
+-- may grow memory, and outcomes must be recorded then too (finishing frees the job's data).
+redis.call('HDEL', KEYS[3], '')
 local out = {}
 local done = {}
 local woke = false
@@ -22,7 +25,20 @@ for i = 0, n - 1 do
   local rkey, dkey = KEYS[12 + 2 * i], KEYS[13 + 2 * i]
   local ttl = tonumber(ARGV[b + 7])
   local lease = redis.call('ZSCORE', KEYS[4], id)
+  local applied = false
   if redis.call('HGET', KEYS[3], id) ~= token or not lease then
+    -- a call retried after its reply was lost: its outcome is already there, byte for byte
+    if kind == 'ok' or kind == 'dead' then
+      applied = redis.call('GET', rkey) == ARGV[b + 4]
+    elseif kind == 'retry' then
+      local prev = redis.call('HGET', KEYS[9], id)
+      local rec = struct.pack('>I4', #ARGV[b + 5]) .. ARGV[b + 5]
+      applied = prev and string.sub(prev, -#rec) == rec
+    end
+  end
+  if applied then
+    out[#out + 1] = 1
+  elseif redis.call('HGET', KEYS[3], id) ~= token or not lease then
     redis.call('HINCRBY', KEYS[11], 'fenced', 1)
     out[#out + 1] = 0
   elseif ARGV[b + 9] == '1' and tonumber(lease) >= now then

@@ -7,8 +7,10 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[2])
-redis.call('ZADD', KEYS[3], deadline, ARGV[1])
+-- A deletion first: Redis refuses a script at maxmemory only when its first write may grow
+-- memory, and leases must be kept alive then too.
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60000)  -- workers gone a minute
+redis.call('ZADD', KEYS[3], deadline, ARGV[1])
 local lost = {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]

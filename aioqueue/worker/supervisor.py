@@ -33,6 +33,8 @@ __all__ = ("Worker", "WorkerSettings")
 
 log = logging.getLogger("aioqueue.worker")
 
+BLOCK_RESOLUTION = 0.1  # seconds: how late Redis may end a blocking wait (1 / its default hz)
+
 
 class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """How a worker runs. Times are in seconds.
@@ -273,9 +275,14 @@ class Worker:
                     return
                 timeout = s.block_timeout
                 if next_due_ms >= 0:
-                    timeout = min(timeout, next_due_ms / 1000)
-                if timeout > 0:
-                    await self.redis.blpop([self.keys.wake], timeout=max(timeout, 0.01))
+                    # Redis ends blocking waits on its own 100 ms clock (hz 10), so the last
+                    # stretch before a delayed job is due is waited out here, to the millisecond.
+                    due = next_due_ms / 1000
+                    if due <= BLOCK_RESOLUTION:
+                        await anyio.sleep(due)
+                        continue
+                    timeout = min(timeout, due - BLOCK_RESOLUTION)
+                await self.redis.blpop([self.keys.wake], timeout=max(timeout, 0.01))
             except Exception as exc:
                 if not is_transient(exc):
                     log.exception("fetch failed; retrying")
@@ -349,7 +356,7 @@ class Worker:
             return self._dead(held, "PayloadTooLarge", size, "malformed"), None
         try:
             env = held.env = wire.decode_envelope(held.data)
-        except msgspec.DecodeError as exc:
+        except Exception as exc:
             msg = f"job data can't be decoded: {exc}"
             return self._dead(held, "MalformedJob", msg, "malformed"), None
         td = q.tasks.get(env.task)

@@ -69,8 +69,12 @@ class QueueMachine(RuleBasedStateMachine):
     def _finish(self, id_: str, token: str, kind: str, delay: int, reaping: bool) -> int:
         keys = [K.jobs, K.attempts, K.tokens, K.leases, K.priority, K.pending, K.scheduled,
                 K.dead, K.errors, K.wake, K.stats, K.result(id_), K.jobs]  # fmt: skip
-        args = [K.done_channel, id_, token, kind, b"result", b"error", delay, LONG, "0",
-                "1" if reaping else "0"]  # fmt: skip
+        # every call's outcome bytes are unique, as real ones are (they carry the attempt number,
+        # the error and a timestamp); only a retried call repeats them
+        self.calls = getattr(self, "calls", 0) + 1
+        tag = f"{id_}/{token}/{kind}/{'reaper' if reaping else 'holder'}/{self.calls}".encode()
+        args = [K.done_channel, id_, token, kind, b"result " + tag, b"error " + tag, delay, LONG,
+                "0", "1" if reaping else "0"]  # fmt: skip
         return int(self.sc["finish"](keys=keys, args=args)[0])
 
     def _apply(self, id_: str, kind: str) -> None:

@@ -205,11 +205,6 @@ async def test_s17_maxmemory_submit(
     assert record2["lost"] == 0 and record2["completed"] == oom_at + 10, summary(record2)
 
 
-@pytest.mark.xfail(
-    reason="above maxmemory heartbeat.lua fails (its first write, ZADD workers, is deny-OOM), so "
-    "live leases expire and their jobs are re-run; their late outcomes are then fenced",
-    strict=True,
-)
 async def test_s17_heartbeat_at_maxmemory(
     redis_server: RedisServer,
     workers: Workers,
@@ -239,11 +234,6 @@ async def test_s17_heartbeat_at_maxmemory(
     assert record["dup_exec"] == 0 and record["fenced"] == 0, summary(record)
 
 
-@pytest.mark.xfail(
-    reason="Queue.info() and Job.status() read through MULTI pipelines, and Redis 7 refuses "
-    "every command queued in MULTI above maxmemory (raw redis OutOfMemoryError)",
-    strict=True,
-)
 async def test_s17_reads_at_maxmemory(redis_server: RedisServer) -> None:
     """Reads (queue info, job status) keep working while Redis is above maxmemory."""
     async with producer(redis_server.url) as q, admin(redis_server) as r:
