@@ -70,14 +70,20 @@ class Sizes:
     processing: int
     idle: int
     load: int
+    long_run: int
 
     @classmethod
     def of(cls, quick: bool, scale: float) -> Sizes:
         """The default sizes, times ``scale``; ``quick`` makes them tiny."""
         base = (
-            cls(200, 200, 200, 300, 30, 200) if quick else cls(5000, 5000, 3000, 10000, 500, 5000)
+            cls(200, 200, 200, 300, 30, 200, 2000)
+            if quick
+            else cls(5000, 5000, 3000, 10000, 500, 5000, 100_000)
         )
         return cls(*(max(int(v * scale), 10) for v in asdict(base).values()))
+
+
+PREFETCH = 64  # the documented setting for short jobs
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -261,11 +267,14 @@ async def _watch(work: Awaitable[Any], check: Callable[[], None]) -> None:
 
 
 async def processing(
-    redis: RedisTarget, processes: int, n: int, timeout: float, log_dir: Path
+    redis: RedisTarget, processes: int, n: int, timeout: float, log_dir: Path, prefetch: int = 0
 ) -> Row:
     """Enqueue ``n`` no-op jobs, then start a worker and time it through them."""
-    name = _common.fresh_queue_name(f"tp-proc-p{processes}")
-    worker = WorkerProcess(name, redis.url, processes, log_dir / f"proc-p{processes}.log")
+    name = _common.fresh_queue_name(f"tp-proc-p{processes}-f{prefetch}")
+    worker = WorkerProcess(
+        name, redis.url, processes, log_dir / f"proc-p{processes}-f{prefetch}.log",
+        ["--prefetch", str(prefetch)] if prefetch else [],
+    )  # fmt: skip
     try:
         async with _common.make_queue(name, redis.url) as queue:
             await submit_jobs(queue, "bulk", n)
@@ -292,7 +301,8 @@ async def processing(
     seconds = t_end - t_first
     return Row(
         "processing",
-        "pre-enqueued, from first completion",
+        "pre-enqueued, from first completion"
+        + (f", --prefetch {prefetch}" if prefetch else ", defaults"),
         processes,
         n - c_first,
         seconds,
@@ -375,7 +385,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run_all(
     redis: RedisTarget, args: argparse.Namespace, sizes: Sizes, log_dir: Path
-) -> tuple[Row, list[Row], dict[int, dict[str, Any]]]:
+) -> tuple[Row, list[Row], dict[int, dict[str, Any]], dict[str, Any]]:
     """Every part, in order."""
     floor_row = await floor(redis, sizes.floor)
     print(f"  floor: {floor_row.per_s:,.0f} round trips/s", flush=True)
@@ -386,10 +396,43 @@ async def run_all(
         part, memory[n] = await with_worker(redis, n, sizes, args.timeout, log_dir)
         rows += part
         print(f"  end to end and latency with {n} process(es): done", flush=True)
-    for n in args.processes:
-        rows.append(await processing(redis, n, sizes.processing, args.timeout, log_dir))
-        print(f"  processing with {n} process(es): {rows[-1].per_s:,.0f} jobs/s", flush=True)
-    return floor_row, rows, memory
+    for prefetch in (0, PREFETCH):
+        for n in args.processes:
+            rows.append(
+                await processing(redis, n, sizes.processing, args.timeout, log_dir, prefetch)
+            )
+            print(f"  processing: {rows[-1].case}, {n} process(es): {rows[-1].per_s:,.0f} jobs/s")
+    long_run = await long_run_rss(redis, sizes.long_run, args.timeout, log_dir)
+    return floor_row, rows, memory, long_run
+
+
+async def long_run_rss(redis: RedisTarget, n: int, timeout: float, log_dir: Path) -> dict[str, Any]:
+    """Run ``n`` no-op jobs through 2 processes; the supervisor's RSS after 10% and at the end."""
+    name = _common.fresh_queue_name("tp-rss")
+    worker = WorkerProcess(name, redis.url, 2, log_dir / "rss.log", ["--prefetch", str(PREFETCH)])
+    samples: list[tuple[int, int]] = []
+    try:
+        async with _common.make_queue(name, redis.url) as queue:
+            worker.start()
+            for i in range(0, n, 10_000):
+                await submit_jobs(queue, "bulk", min(10_000, n - i))
+                done = min(i + 10_000, n)
+
+                async def caught_up(done: int = done) -> bool:
+                    return await completed(queue) >= done
+
+                await _common.wait_until(caught_up, timeout, "jobs", check=worker.check_alive)
+                samples.append((done, worker.memory()["supervisor_rss_kib"]))
+    finally:
+        worker.stop()
+        _cleanup(redis, name)
+    first = samples[0][1] if samples else 0
+    return {
+        "jobs": n,
+        "supervisor_rss_kib_first": first,
+        "supervisor_rss_kib_last": samples[-1][1] if samples else 0,
+        "samples": samples,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,9 +448,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {_common.describe_machine(machine)}")
         print(f"redis: {'private redis-server' if redis.private else redis.url}")
         print(f"sizes: {asdict(sizes)}")
-        floor_row, rows, memory = _common.run_async(run_all(redis, args, sizes, Path(tmp)))
+        floor_row, rows, memory, long_run = _common.run_async(
+            run_all(redis, args, sizes, Path(tmp))
+        )
     print()
     print_report(rows, memory, floor_row)
+    first, last = long_run["supervisor_rss_kib_first"], long_run["supervisor_rss_kib_last"]
+    print(
+        f"long run: {long_run['jobs']:,} no-op jobs through 2 processes (--prefetch {PREFETCH}); "
+        f"supervisor RSS {first / 1024:.1f} MiB after the first 10,000, "
+        f"{last / 1024:.1f} MiB at the end"
+    )
     if args.json:
         data = {
             "benchmark": "throughput",
@@ -416,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             "floor": asdict(floor_row),
             "rows": [asdict(r) for r in rows],
             "memory": {str(k): v for k, v in memory.items()},
+            "long_run": long_run,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2) + "\n")

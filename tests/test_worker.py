@@ -286,3 +286,16 @@ async def test_results_awaited_long_after_they_finished(
     assert await jobs[-1].result(timeout=30) == 100
     assert [await j.result(timeout=10) for j in jobs] == [i + 1 for i in range(100)]
     assert await queue.job(jobs[0].id).result(timeout=10) == 1
+
+
+async def test_warns_when_redis_may_evict_jobs(
+    queue: Queue, start_worker: StartWorker, sync_redis: redis.Redis
+) -> None:
+    """A worker warns at start when Redis's maxmemory-policy could evict queue keys."""
+    sync_redis.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        worker = start_worker()
+        worker.wait_log("maxmemory-policy is 'allkeys-lru'")
+        assert "set it to noeviction" in worker.output()
+    finally:
+        sync_redis.config_set("maxmemory-policy", "noeviction")

@@ -21,7 +21,6 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import msgspec
-from anyio.abc import TaskGroup
 
 from .. import wire
 from .._redis import is_transient
@@ -143,7 +142,6 @@ class Worker:
         self.stopping = anyio.Event()
         self._hard_stop = anyio.Event()
         self._fetch_scope: anyio.CancelScope | None = None
-        self._tg: TaskGroup | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -151,7 +149,6 @@ class Worker:
         """Run until the queue is drained (burst) or a signal arrives; then drain and return."""
         s = self.settings
         async with anyio.create_task_group() as tg:
-            self._tg = tg
             self.pool = Pool(
                 self.spec,
                 s.processes,
