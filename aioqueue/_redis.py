@@ -32,7 +32,8 @@ async def call_redis(aw: Awaitable[Any], url: str) -> Any:
     try:
         return await aw
     except rex.ResponseError as exc:
-        if "OOM command not allowed" in str(exc):
+        # Redis 7 replies OOM (redis-py's OutOfMemoryError); a script on Redis 6 wraps it
+        if isinstance(exc, rex.OutOfMemoryError) or "OOM command not allowed" in str(exc):
             raise RedisOutOfMemory(
                 f"Redis at {safe_url(url)} is out of memory (maxmemory reached): {exc}; "
                 "nothing was written"
