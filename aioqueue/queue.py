@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
@@ -220,6 +220,10 @@ class _Submitter:
         self._queue = queue
         self._options = options
 
+    @overload
+    async def submit(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
     @overload
     async def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
     @overload
@@ -439,6 +443,10 @@ class Queue:
             ),
         )
 
+    @overload
+    async def submit(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
     @overload
     async def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
     @overload

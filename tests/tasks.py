@@ -116,3 +116,9 @@ def pid() -> int:
 def echo(value):  # type: ignore[no-untyped-def]
     """Unannotated: any msgpack value passes through."""
     return value
+
+
+@queue.task
+async def add_async(a: int, b: int) -> int:
+    """An ``async def`` task: its child runs it to completion on an event loop of its own."""
+    return a + b

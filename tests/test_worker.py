@@ -30,6 +30,7 @@ async def test_result_round_trip(queue: Queue, start_worker: StartWorker) -> Non
     p = await (await queue.submit(tasks.norm, tasks.Point(x=-3, y=4))).result(timeout=20)
     assert p == tasks.Point(x=3, y=4)
     assert await (await queue.submit("tests.tasks.add", 1, 1)).result(timeout=20) == 2
+    assert await (await queue.submit(tasks.add_async, 2, 2)).result(timeout=20) == 4
     assert await job.status() == "complete"
 
 

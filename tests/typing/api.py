@@ -36,3 +36,13 @@ async def produce() -> int:
         info: aioqueue.QueueInfo = await queue.info()
         print(info.pending, len(many))
         return value
+
+
+@queue.task
+async def fetch(url: str) -> bytes:
+    return url.encode()
+
+
+async def produce_async_task() -> bytes:
+    job: Job[bytes] = await queue.submit(fetch, "https://example.org")
+    return await job.result()
