@@ -329,7 +329,7 @@ async def test_s15_retry_dead_letter_exactness(
     # jittered policy [0.5, 1] x backoff x 2^(attempt-1), and is claimed on time
     gaps = []
     for jid, events in timeline.items():
-        for attempt, (t_fail, due, t_claim) in enumerate(events, start=1):
+        for attempt, t_fail, due, t_claim in events:
             nominal = backoff * 2 ** (attempt - 1) * 1000
             delay = due - t_fail
             assert 0.5 * nominal - 50 <= delay <= nominal + 50, (ids[jid], attempt, delay)
@@ -338,17 +338,18 @@ async def test_s15_retry_dead_letter_exactness(
     record["retries_measured"] = len(gaps)
     assert len(gaps) >= 4  # of 7 retries (f1: 1, f2: 2, f3: 2, f5: 2); the rest were too quick
     assert record["lost"] == 0 and record["dup_results"] == 0, summary(record)
-    # a due retry waits at most one blocking fetch (block timeout 0.5 s) plus scheduling slack
-    assert all(-5 <= g <= 600 for g in gaps), f"retries claimed late (ms after due): {gaps}"
+    # a due retry is claimed on time: the worker waits out the last stretch before it is due
+    # itself (Redis ends blocking waits on its 100 ms clock); 150 ms is scheduling slack
+    assert all(-5 <= g <= 150 for g in gaps), f"retries claimed late (ms after due): {gaps}"
 
 
 async def _watch(
     r: Redis, ids: list[str], until: Any, timeout: float
-) -> dict[str, list[tuple[float, float, float]]]:
+) -> dict[str, list[tuple[int, float, float, float]]]:
     """Poll (on Redis's clock) each job's attempts and scheduled score; per job, per retry:
-    (ms when the failure was seen, ms it was due, ms when it was claimed again)."""
-    seen_fail: dict[str, tuple[float, float]] = {}
-    out: dict[str, list[tuple[float, float, float]]] = {jid: [] for jid in ids}
+    (attempt that failed, ms when its retry was seen, ms it was due, ms it was claimed again)."""
+    seen_fail: dict[str, tuple[float, float, int]] = {}
+    out: dict[str, list[tuple[int, float, float, float]]] = {jid: [] for jid in ids}
     last_attempts = dict.fromkeys(ids, 0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -365,13 +366,15 @@ async def _watch(
         for i, jid in enumerate(ids):
             attempts = int(res[1][i] or 0)
             due = res[2 + i]
-            if due is not None and jid not in seen_fail:
-                seen_fail[jid] = (now, float(due))
+            if due is not None and (jid not in seen_fail or float(due) != seen_fail[jid][1]):
+                # a new due time: first seen, or the job was claimed, failed and rescheduled
+                # between two polls (that claim's moment was not seen, so it is not measured)
+                seen_fail[jid] = (now, float(due), attempts)
             elif due is None and jid in seen_fail:
                 # the claim script promotes a due job and pops it in one step: leaving the
                 # scheduled set is the moment it was claimed again
-                t_fail, due_ms = seen_fail.pop(jid)
-                out[jid].append((t_fail, due_ms, now))
+                t_fail, due_ms, attempt = seen_fail.pop(jid)
+                out[jid].append((attempt, t_fail, due_ms, now))
             last_attempts[jid] = max(last_attempts[jid], attempts)
         busy = sum(res[-3:])
         if until({"busy": busy}) and not seen_fail:
