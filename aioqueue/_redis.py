@@ -10,7 +10,7 @@ from redis import exceptions as rex
 
 from .errors import RedisOutOfMemory, RedisUnavailable
 
-__all__ = ("call_redis", "is_transient", "safe_url")
+__all__ = ("call_redis", "is_transient", "safe_url", "to_str")
 
 TRANSIENT = (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError)
 
@@ -18,6 +18,11 @@ TRANSIENT = (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSErro
 def safe_url(url: str) -> str:
     """The URL with any password replaced by ``***``."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def to_str(v: bytes | str) -> str:
+    """A Redis reply's bytes as text."""
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def is_transient(exc: BaseException) -> bool:

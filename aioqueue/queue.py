@@ -20,6 +20,7 @@ from redis.backoff import ExponentialBackoff
 
 from . import wire
 from ._redis import call_redis
+from ._redis import to_str as _str
 from .errors import (
     InvalidOptions,
     JobCancelled,
@@ -680,10 +681,6 @@ class Queue:
         return int(
             await call_redis(self.scripts.call("purge", keys, list(job_ids)), self.redis_url)
         )
-
-
-def _str(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 class _Results:

@@ -81,10 +81,6 @@ class Child:
         self.retiring = False
         self.dead = False
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
     async def read(self) -> bytes:
         try:
             head = await self.stdout.readexactly(4)
@@ -142,7 +138,6 @@ class Pool:
         self._spawn = spawn
         self._waiting: deque[Work] = deque()
         self.children: list[Child] = []
-        self.started = 0  # children started over the pool's life
         self._closing = False
 
     # -- children --------------------------------------------------------------------------
@@ -164,7 +159,6 @@ class Pool:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         child = Child(proc)
-        self.started += 1
         try:
             ready = await asyncio.wait_for(child.read(), self.start_timeout)
         except (_ChildDied, TimeoutError):
@@ -222,11 +216,6 @@ class Pool:
         elif child.assigned and child.assigned[0] is work and not child.dead:
             child.kill(self.kill_grace)
         work._finish(None)
-
-    @property
-    def busy(self) -> int:
-        """Jobs in the pool: waiting for a child or assigned to one."""
-        return len(self._waiting) + sum(len(c.assigned) for c in self.children)
 
     def _dispatch(self) -> None:
         if not self._waiting:
@@ -346,7 +335,3 @@ class Pool:
             for c in children:
                 c.kill(self.kill_grace)
         await asyncio.gather(*(c.close(self.kill_grace) for c in children), return_exceptions=True)
-
-    def pids(self) -> list[int]:
-        """Process ids of the live children."""
-        return [c.pid for c in self.children if c.proc.returncode is None]

@@ -15,7 +15,7 @@ import random
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -24,6 +24,7 @@ import msgspec
 
 from .. import wire
 from .._redis import is_transient
+from .._redis import to_str as _str
 from ..queue import Queue
 from ..scripts import Scripts
 from .pool import Pool, Work
@@ -86,7 +87,6 @@ class _Held:
     lost: bool = False  # the lease was lost: drop whatever comes of it
     release: bool = False  # shutting down: hand it back without counting the attempt
     finishing: bool = False  # its outcome is queued for the finish script
-    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -315,15 +315,10 @@ class Worker:
         if stale:
             self.counters["stale"] += stale
             log.warning("skipped %d stale queue entries (job finished or held elsewhere)", stale)
-        claimed = []
-        for i in range(2, len(reply), 4):
-            held = _Held(
-                id=_str(reply[i]), token=_str(reply[i + 1]), attempts=int(reply[i + 2]),
-                data=bytes(reply[i + 3]),
-            )  # fmt: skip
+        claimed = _held_rows(reply[2:])
+        for held in claimed:
             self.held[held.id] = held
-            self.running += 1
-            claimed.append(held)
+        self.running += len(claimed)
         self.counters["claimed"] += len(claimed)
         return claimed, next_due
 
@@ -396,9 +391,14 @@ class Worker:
         err = reply.error or wire.ErrorInfo(type="Error", message="unknown failure")
         if err.kind in ("malformed", "unknown_task"):
             return self._dead(held, err.type, err.message, err.kind, err.traceback)
+        return self._failed(held, env.task, err, self._retries(env))
+
+    def _retries(self, env: wire.Envelope) -> int:
+        """Attempts after the first: the job's own setting, else its task's (0 if unknown)."""
+        if env.retries is not None:
+            return env.retries
         td = self.queue.tasks.get(env.task)
-        retries = env.retries if env.retries is not None else td.retries if td else 0
-        return self._failed(held, env.task, err, retries)
+        return td.retries if td is not None else 0
 
     def _failed(
         self, held: _Held, task: str, err: wire.ErrorInfo, retries: int, *, reaping: bool = False
@@ -564,20 +564,11 @@ class Worker:
 
     async def _recover(self, reply: list[Any]) -> None:
         batch = []
-        for i in range(0, len(reply), 4):
-            held = _Held(
-                id=_str(reply[i]), token=_str(reply[i + 1]), attempts=int(reply[i + 2]),
-                data=bytes(reply[i + 3]),
-            )  # fmt: skip
+        for held in _held_rows(reply):
             task, retries = "?", 0
             try:
                 held.env = wire.decode_envelope(held.data)
-                task = held.env.task
-                td = self.queue.tasks.get(task)
-                retries = (
-                    held.env.retries if held.env.retries is not None
-                    else td.retries if td is not None else 0
-                )  # fmt: skip
+                task, retries = held.env.task, self._retries(held.env)
             except msgspec.DecodeError:
                 pass
             err = wire.ErrorInfo(
@@ -595,5 +586,10 @@ class Worker:
             log.warning("recovered %d jobs whose lease expired", n)
 
 
-def _str(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
+def _held_rows(rows: list[Any]) -> list[_Held]:
+    """Jobs from a script's flat reply of (id, token, attempts, envelope) rows."""
+    return [
+        _Held(id=_str(rows[i]), token=_str(rows[i + 1]), attempts=int(rows[i + 2]),
+              data=bytes(rows[i + 3]))
+        for i in range(0, len(rows), 4)
+    ]  # fmt: skip

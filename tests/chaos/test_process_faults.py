@@ -281,11 +281,14 @@ async def test_s3_sigterm_drain(
                 f"long{i}", q.options(priority=10).submit(WORK, f"long{i}", 30.0, 0, True)
             )
         await submit_batch(hist, q, [f"s{i}" for i in range(30)], 0.2)
-        await eventually(
-            lambda: Ledger.read(ledger_dir).starts["long1"] >= 1, 10.0, "long jobs started"
-        )
-        await anyio.sleep(0.3)
         long_ids = [hist.acked["long0"], hist.acked["long1"]]
+
+        async def both_running() -> bool:
+            ledger = Ledger.read(ledger_dir)
+            leased = [await r.zscore(KEYS.leases, jid) is not None for jid in long_ids]
+            return ledger.starts["long0"] >= 1 and ledger.starts["long1"] >= 1 and all(leased)
+
+        await eventually(both_running, 10.0, "both long jobs running")
         t_sig = w.send(signal.SIGTERM)
 
         async def released() -> bool:
