@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
+from .settings import WorkerSettings as WorkerSettings
 from .supervisor import Worker as Worker
-from .supervisor import WorkerSettings as WorkerSettings
 
 __all__ = ("Worker", "WorkerSettings")
