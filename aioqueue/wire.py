@@ -13,6 +13,7 @@ import msgspec
 
 __all__ = (
     "WIRE_VERSION",
+    "ChildJob",
     "ChildReply",
     "Envelope",
     "ErrorInfo",
@@ -31,7 +32,7 @@ NIL = msgspec.Raw(b"\xc0")  # msgpack nil
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One job as submitted: stored in the queue's ``jobs`` hash, passed as is to a child."""
+    """One job as submitted: stored in the queue's ``jobs`` hash; a child gets a ChildJob."""
 
     v: int
     id: str
@@ -67,6 +68,18 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     attempts: int = 0
     cancelled: bool = False
     finished: float = 0.0
+
+
+class ChildJob(msgspec.Struct, frozen=True, array_like=True):
+    """What the supervisor sends a child for one job: the task's name and its raw arguments.
+
+    Encoded as a msgpack array ``[task, args, kwargs]``; ``args`` (an array) and ``kwargs`` (a
+    map) are the envelope's bytes as they were submitted, decoded only in the child.
+    """
+
+    task: str
+    args: msgspec.Raw = EMPTY_ARGS
+    kwargs: msgspec.Raw = EMPTY_KWARGS
 
 
 class ChildReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
