@@ -1,4 +1,8 @@
-"""``aioqueue-worker MODULE:ATTR``: parse arguments, configure logging and the loop, run."""
+"""``aioqueue-worker MODULE:ATTR``: parse arguments, configure logging and the loop, run.
+
+Every flag comes from :data:`aioqueue.worker.settings.OPTIONS` and reads an ``AIOQUEUE_*``
+environment variable: a flag on the command line beats the variable, which beats the default.
+"""
 
 from __future__ import annotations
 
@@ -7,77 +11,105 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NamedTuple, NoReturn
 
 from ._imports import import_queue
+from .errors import InvalidOptions
 from .worker import Worker, WorkerSettings
+from .worker.settings import OPTIONS
 
-__all__ = ("main",)
+__all__ = ("Args", "main", "parse_args")
 
-_D = WorkerSettings(processes=1)
+PROG = "aioqueue-worker"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="aioqueue-worker",
+class Args(NamedTuple):
+    """What the command line and the environment asked for."""
+
+    spec: str
+    settings: WorkerSettings
+    redis_url: str | None
+    log_level: str
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, no usage block: ``aioqueue-worker: <what is wrong>``; exit code 2."""
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _version() -> str:
+    try:
+        return version("aioqueue")
+    except PackageNotFoundError:  # pragma: no cover - run from a tree that was never installed
+        return "unknown"
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog=PROG,
         description="Run an aioqueue worker: one supervisor process and a pool of children.",
+        epilog="Each flag can be set by the environment variable named in its help; "
+        "a flag on the command line wins over the variable.",
     )
-    p.add_argument("queue", metavar="MODULE:ATTR", help="the Queue to serve, e.g. tasks:queue")
-    p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
-                   help="child processes running tasks (default: CPU count)")  # fmt: skip
-    p.add_argument("--redis-url", help="overrides the queue's URL and $AIOQUEUE_REDIS_URL")
-    p.add_argument("--burst", action="store_true",
-                   help="exit once the queue is empty and nothing is in flight")  # fmt: skip
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])  # fmt: skip
-    p.add_argument("--grace", type=float, default=_D.grace,
-                   help="seconds jobs may finish after SIGTERM (default %(default)s)")  # fmt: skip
-    p.add_argument("--max-tasks-per-child", type=int, default=None,
-                   help="replace a child after this many jobs")  # fmt: skip
-    p.add_argument("--prefetch", type=int, default=_D.prefetch,
-                   help="jobs claimed beyond the free children (default %(default)s)")  # fmt: skip
-    p.add_argument("--heartbeat", type=float, default=_D.heartbeat,
-                   help="seconds between heartbeats")  # fmt: skip
-    p.add_argument("--lease", type=float, default=_D.lease,
-                   help="seconds a job's lease lasts without a heartbeat")  # fmt: skip
-    p.add_argument("--maintenance-interval", type=float, default=_D.maintenance_interval,
-                   help="seconds between recoveries of expired leases")  # fmt: skip
-    p.add_argument("--block-timeout", type=float, default=_D.block_timeout,
-                   help="longest blocking wait on Redis")  # fmt: skip
-    p.add_argument("--retry-backoff", type=float, default=_D.retry_backoff,
-                   help="first retry delay (s); doubles per attempt, jittered")  # fmt: skip
-    p.add_argument("--kill-grace", type=float, default=_D.kill_grace,
-                   help="seconds between TERM and KILL of a timed-out child")  # fmt: skip
+    p.add_argument("spec", metavar="MODULE:ATTR", help="the Queue to serve, e.g. tasks:queue")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    for s in OPTIONS:
+        text = f"{s.description} (default: {s.default}; env {s.env})".replace("%", "%%")
+        if s.kind is bool:
+            p.add_argument(s.flag, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            p.add_argument(s.flag, metavar=s.metavar, help=text)
     return p
+
+
+def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Args:
+    """Read the command line (``argv``, else ``sys.argv``) and ``AIOQUEUE_*`` variables.
+
+    :raises SystemExit: with code 2, after one line on stderr naming the bad value's source.
+    """
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for s in OPTIONS:
+        given = getattr(ns, s.name)
+        source = s.flag
+        if given is None:
+            given, source = env.get(s.env, "").strip(), s.env
+        if isinstance(given, bool):
+            values[s.name] = given
+        elif given:  # an empty variable counts as unset
+            try:
+                values[s.name] = s.parse(given)
+            except InvalidOptions as exc:
+                parser.error(f"{exc} (from {source})")
+    redis_url = values.pop("redis_url", None)
+    log_level = values.pop("log_level", "info")
+    try:
+        settings = WorkerSettings(**values)
+    except InvalidOptions as exc:
+        parser.error(str(exc))
+    return Args(ns.spec, settings, redis_url, log_level)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``aioqueue-worker``."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        queue = import_queue(args.queue)
+        queue = import_queue(args.spec)
         if args.redis_url:
             queue.redis_url = args.redis_url
-        settings = WorkerSettings(
-            processes=args.processes,
-            prefetch=args.prefetch,
-            burst=args.burst,
-            heartbeat=args.heartbeat,
-            lease=args.lease,
-            maintenance_interval=args.maintenance_interval,
-            block_timeout=args.block_timeout,
-            grace=args.grace,
-            max_tasks_per_child=args.max_tasks_per_child,
-            retry_backoff=args.retry_backoff,
-            kill_grace=args.kill_grace,
-        )
-        worker = Worker(queue, args.queue, settings)
+        worker = Worker(queue, args.spec, args.settings)
     except (ValueError, ImportError, AttributeError) as exc:
-        sys.exit(f"aioqueue-worker: {exc}")
+        sys.exit(f"{PROG}: {exc}")
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional where it doesn't install

@@ -41,7 +41,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
         int, Meta(ge=1, description="child processes running tasks", extra={"default": "CPU count"})
     ] = msgspec.field(default_factory=_cpu_count)
     prefetch: Annotated[
-        int, Meta(ge=0, description="jobs claimed beyond the free children (0: none held idle)")
+        int, Meta(ge=0, description="jobs claimed beyond the free children, to wait for one")
     ] = 0
     burst: Annotated[
         bool, Meta(description="exit once the queue is empty and nothing is in flight")
