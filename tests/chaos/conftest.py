@@ -17,6 +17,7 @@ import pytest
 
 from aioqueue.testing import RedisServer
 
+from . import harness
 from .harness import REPO, Workers
 from .history import Report
 
@@ -30,6 +31,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=DEFAULT_SEED,
         help=f"seed of every random choice in the chaos suite (default {DEFAULT_SEED})",
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Measure the machine's speed once (when anything of this directory runs), and stretch each
+    chaos scenario's pytest timeout by it (a hang still fails, a slow machine does not)."""
+    here = Path(__file__).parent
+    if not any(here in Path(str(item.path)).parents for item in items):
+        return
+    harness.set_slowdown(harness.measure_slowdown())
+    chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
+    try:
+        base = float(config.getini("timeout") or 0)
+    except (ValueError, TypeError):  # pytest-timeout not installed
+        base = 0.0
+    for item in chaos:
+        marker = item.get_closest_marker("timeout")
+        seconds = float(marker.args[0]) if marker is not None and marker.args else base
+        if seconds > 0:
+            item.add_marker(pytest.mark.timeout(seconds * harness.SLOWDOWN), append=False)
+
+
+@pytest.fixture(autouse=True)
+def _machine_speed(request: pytest.FixtureRequest) -> None:
+    """Measure the machine's speed again before each chaos scenario: other work on the machine
+    comes and goes, and every wait and timing margin of the scenario is scaled by it."""
+    if request.node.get_closest_marker("chaos") is not None:
+        harness.set_slowdown(harness.measure_slowdown())
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,8 +8,10 @@ process of a worker that outlived its supervisor.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +46,64 @@ WORKER_FLAGS: dict[str, str] = {
     "--grace": "5",
     "--log-level": "warning",
 }
+
+
+# -- machine speed -----------------------------------------------------------------------------
+
+#: Seconds the calibration loop takes on the reference machine (a quiet 2-core EPYC VM).
+REFERENCE_LOOP_S = 0.020
+_LOOP_N = 300_000
+MAX_SLOWDOWN = 8.0
+
+
+def _loop(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def measure_slowdown(runs: int = 5) -> float:
+    """How many times slower than the reference machine this one is right now, at least 1.
+
+    The median of ``runs`` timings of a pure-Python loop (slower CPU, or CPU shared with other
+    work), or the run queue per core (``loadavg``), whichever says slower; capped at
+    :data:`MAX_SLOWDOWN`.
+    """
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        _loop(_LOOP_N)
+        times.append(time.perf_counter() - start)
+    ratio = statistics.median(times) / REFERENCE_LOOP_S
+    with contextlib.suppress(OSError):
+        ratio = max(ratio, os.getloadavg()[0] / (os.cpu_count() or 1))
+    return min(MAX_SLOWDOWN, max(1.0, ratio))
+
+
+#: The current slowdown (see :func:`measure_slowdown`); the chaos conftest measures it at the
+#: session's start and again before each scenario (the machine's load changes as other work runs).
+SLOWDOWN = 1.0
+
+
+def set_slowdown(value: float) -> None:
+    global SLOWDOWN
+    SLOWDOWN = min(MAX_SLOWDOWN, max(1.0, value))
+
+
+def scaled(seconds: float) -> float:
+    """A wait or margin of ``seconds`` on the reference machine, stretched to this one's speed."""
+    return seconds * SLOWDOWN
+
+
+def signal_pid(pid: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to ``pid``; False if the process is gone already (a fault injector's target
+    may exit on its own at any moment: a finished job, a crash, an earlier fault)."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -93,14 +153,22 @@ def marked_pids(marker: bytes) -> list[int]:
 
 
 def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Open file descriptors of ``pid``; -1 if it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+    """Resident memory of ``pid`` in KiB; -1 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return -1
     return 0
 
 
@@ -140,7 +208,7 @@ class WorkerProc:
         """SIGKILL the supervisor and reap it; returns (when, its children just before)."""
         kids = self.children()
         t = self.send(signal.SIGKILL)
-        self.popen.wait(10)
+        self.popen.wait(scaled(10))
         return t, kids
 
     def wait(self, timeout: float) -> int | None:
@@ -197,7 +265,9 @@ class Workers:
         return proc
 
     async def wait_children(self, proc: WorkerProc, n: int = 2, timeout: float = 15.0) -> list[int]:
-        """Wait until ``proc`` has ``n`` live children (its pool is up)."""
+        """Wait until ``proc`` has ``n`` live children (its pool is up); ``timeout`` is scaled to
+        the machine's speed."""
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while True:
             kids = proc.children()
@@ -206,12 +276,14 @@ class Workers:
             if not proc.running:
                 raise AssertionError(f"{proc} exited with {proc.returncode}: {proc.log_text()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"{proc} has {kids} children after {timeout}s")
+                raise AssertionError(f"{proc} has {kids} children after {timeout:.1f}s")
             await anyio.sleep(0.02)
 
     async def assert_no_orphans(self, timeout: float = 3.0) -> None:
-        """No process of this test's workers is alive unless its supervisor is."""
-        deadline = time.monotonic() + timeout
+        """No process of this test's workers is alive unless its supervisor is (within
+        ``timeout``, scaled to the machine's speed: children notice their supervisor's death by
+        polling)."""
+        deadline = time.monotonic() + scaled(timeout)
         while True:
             live_sup = {p.pid for p in self.procs if p.running}
             strays = [
@@ -223,8 +295,7 @@ class Workers:
                 return
             if time.monotonic() > deadline:
                 for pid in strays:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                    signal_pid(pid, signal.SIGKILL)
                 raise AssertionError(
                     f"orphaned worker children outlived their supervisor: {strays}"
                 )
@@ -237,24 +308,31 @@ class Workers:
                 p.send(signal.SIGCONT)
                 p.send(signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(10)
-        deadline = time.monotonic() + 3.0
+                p.popen.wait(scaled(10))
+        deadline = time.monotonic() + scaled(3.0)
         strays = marked_pids(self.marker)
         while strays and time.monotonic() < deadline:
             time.sleep(0.02)
             strays = marked_pids(self.marker)
         for pid in strays:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            signal_pid(pid, signal.SIGKILL)
         return strays
 
 
 # -- scenario plumbing --------------------------------------------------------------------------
 
 
-def producer(url: str, **kwargs: Any) -> Queue:
+#: The Queue argument for Redis command retries (``retries`` before it was renamed).
+_REDIS_RETRIES = (
+    "redis_retries" if "redis_retries" in inspect.signature(Queue).parameters else "retries"
+)
+
+
+def producer(url: str, *, redis_retries: int | None = None, **kwargs: Any) -> Queue:
     """A producer-side Queue for the chaos queue (tasks submitted by name)."""
     kwargs.setdefault("connect_timeout", 1.0)
+    if redis_retries is not None:
+        kwargs[_REDIS_RETRIES] = redis_retries
     return Queue(QUEUE_NAME, redis_url=url, **kwargs)
 
 
@@ -266,20 +344,68 @@ def admin(server: RedisServer) -> Redis:
 KEYS = Keys(QUEUE_NAME)
 
 
+async def _value(v: Any) -> Any:
+    return await v if inspect.isawaitable(v) else v
+
+
 async def eventually(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+    *,
+    progress: Callable[[], Any] | None = None,
 ) -> float:
-    """Poll ``condition`` (sync or async) until truthy; return the seconds it took."""
-    start = time.monotonic()
+    """Poll ``condition`` (sync or async) until truthy; return the seconds it took.
+
+    ``timeout`` is what the wait may take on the reference machine; it is scaled to this one's
+    speed. With ``progress`` (sync or async, returning any comparable value), the wait fails
+    only when ``condition`` is still false and ``progress`` has not changed for that long.
+    """
+    limit = scaled(timeout)
+    start = last_change = time.monotonic()
+    seen = await _value(progress()) if progress is not None else None
     while True:
-        value = condition()
-        if hasattr(value, "__await__"):
-            value = await value
-        if value:
+        if await _value(condition()):
             return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        now = time.monotonic()
+        if progress is not None:
+            current = await _value(progress())
+            if current != seen:
+                seen, last_change = current, now
+        if now - last_change > limit:
+            still = " with no progress" if progress is not None else ""
+            raise AssertionError(f"timed out after {limit:.1f}s{still} waiting for {what}")
         await anyio.sleep(interval)
+
+
+def ledger_size(ledger_dir: Path) -> int:
+    """Bytes written to the ledger so far: grows with every job start and end (a progress
+    signal for :func:`eventually`)."""
+    total = 0
+    for path in ledger_dir.glob("*.log"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total
+
+
+def ledger_progress(ledger_dir: Path) -> Callable[[], int]:
+    return lambda: ledger_size(ledger_dir)
+
+
+async def queue_progress(r: Redis) -> Any:
+    """The queue's counters and set sizes: they change whenever a job moves."""
+    try:
+        async with r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(KEYS.stats)
+            pipe.zcard(KEYS.pending)
+            pipe.zcard(KEYS.scheduled)
+            pipe.zcard(KEYS.leases)
+            pipe.zcard(KEYS.dead)
+            stats, *sizes = await pipe.execute()
+    except Exception:  # Redis restarting: no progress seen
+        return None
+    return (sorted(stats.items()), *sizes)
 
 
 async def finish(
@@ -288,17 +414,29 @@ async def finish(
     ledger_dir: Path,
     report: Report,
     *,
-    drain_timeout: float = 20.0,
+    drain_stall: float = 10.0,
     **check_kwargs: Any,
 ) -> dict[str, Any]:
-    """Drain, check and report: the common end of every scenario."""
+    """Drain, check and report: the common end of every scenario.
+
+    The drain has no deadline: it fails when the queue has not moved for ``drain_stall``
+    seconds (scaled to the machine's speed; longer than any job or fault of the plan)."""
     async with admin(server) as r:
-        drained = await drain(r, KEYS, drain_timeout)
+        drained = await drain(r, KEYS, scaled(drain_stall))
         snap = await snapshot(r, KEYS)
     record = check(hist, snap, Ledger.read(ledger_dir), **check_kwargs)
     record["drain_s"] = round(drained, 2)
+    record["slowdown"] = round(SLOWDOWN, 2)
     report.add(record)
     return record
+
+
+def recovery_bound_ms(margin: float) -> float:
+    """The recovery guarantee after a worker stops heartbeating: its leases expire within
+    ``LEASE`` and the next maintenance pass (every ``MAINTENANCE``) hands them back; ``margin``
+    (seconds on the reference machine, for scheduling and the rerun itself) is scaled to this
+    machine's measured speed so that the assertion holds under load."""
+    return (LEASE + MAINTENANCE + scaled(margin)) * 1000
 
 
 def summary(record: dict[str, Any]) -> str:

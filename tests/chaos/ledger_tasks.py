@@ -29,6 +29,8 @@ SUICIDE = f"{__name__}.suicide"
 SEGFAULT = f"{__name__}.segfault"
 EXIT_HARD = f"{__name__}.exit_hard"
 KILL_SUPERVISOR = f"{__name__}.kill_supervisor"
+WORK_ONCE = f"{__name__}.work_once"
+FAIL_FIRST = f"{__name__}.fail_first"
 
 
 def note(event: str, tag: str) -> None:
@@ -79,6 +81,27 @@ def work(
         _spin(spin)
     note("end", tag)
     return [tag, os.getpid()]
+
+
+@queue.task(retries=0)
+def work_once(tag: str, cost: float = 0.0) -> list[object]:
+    """:func:`work` with no retry: a lost attempt dead-letters the job at once."""
+    note("start", tag)
+    if cost:
+        time.sleep(cost)
+    note("end", tag)
+    return [tag, os.getpid()]
+
+
+@queue.task(retries=0)
+def fail_first(tag: str) -> list[object]:
+    """Raise on the first start of ``tag`` (no retry: dead-lettered), succeed once requeued."""
+    note("start", tag)
+    n = starts_of(tag)
+    note("end", tag)
+    if n <= 1:
+        raise RuntimeError(f"{tag}: the first start fails on purpose")
+    return [tag, n]
 
 
 @queue.task(retries=2)

@@ -41,12 +41,13 @@ How replies are matched to requests: the client-to-server stream is peeked at wi
 incremental RESP parser that records the head of each request (its command name, upper-cased, and
 for ``EVAL``/``EVALSHA`` and their ``_RO`` variants also the second bulk string: the script or its
 sha). ``match`` equals a command name (case-insensitively; note that redis-py's ``incr()`` sends
-``INCRBY``) or is a prefix of that second bulk string. Every server-to-client chunk is attributed to
-the requests forwarded since the previous server-to-client chunk was read. For one request at a time
-this is exact; for pipelined traffic it is approximate: a chunk holding several replies is
-attributed to all the requests sent before it (it is a candidate if any of them matches), and the
-later chunks of a reply that spans several chunks are attributed to no request (so they are
-candidates only when ``match`` is ``None``).
+``INCRBY``) or is a prefix of that second bulk string; a tuple of such patterns matches a request
+that any of them matches (:data:`SCRIPTS` matches every script call). Every server-to-client
+chunk is attributed to the requests forwarded since the previous server-to-client chunk was read.
+For one request at a time this is exact; for pipelined traffic it is approximate: a chunk holding
+several replies is attributed to all the requests sent before it (it is a candidate if any of
+them matches), and the later chunks of a reply that spans several chunks are attributed to no
+request (so they are candidates only when ``match`` is ``None``).
 
 Counters: ``resets`` counts connections the proxy aborted with an RST of its own accord
 (``reset_all`` and ``drop_reply``; resets passed through from a peer are not counted),
@@ -77,9 +78,15 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
 
-__all__ = ("Direction", "FaultProxy", "ThreadedFaultProxy", "peek_commands")
+__all__ = ("SCRIPTS", "Direction", "FaultProxy", "ThreadedFaultProxy", "Match", "peek_commands")
 
 Direction = Literal["both", "c2s", "s2c"]
+
+#: What ``drop_reply`` matches: one pattern, or any of several.
+Match = bytes | str | tuple[bytes | str, ...]
+
+#: Every script call: ``drop_reply(p, match=SCRIPTS)`` hits whatever script a client runs.
+SCRIPTS: Final = ("EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO")
 
 _T = TypeVar("_T")
 
@@ -192,13 +199,18 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
-def _matches(heads: tuple[tuple[bytes, ...], ...], match: bytes) -> bool:
-    wanted = match.upper()
+def _patterns(match: Match) -> tuple[bytes, ...]:
+    items = match if isinstance(match, tuple) else (match,)
+    return tuple(_as_bytes(m).upper() for m in items)
+
+
+def _matches(heads: tuple[tuple[bytes, ...], ...], match: tuple[bytes, ...]) -> bool:
     for head in heads:
-        if head[0] == wanted:
-            return True
-        if len(head) > 1 and head[1].upper().startswith(wanted):
-            return True
+        for wanted in match:
+            if head[0] == wanted:
+                return True
+            if len(head) > 1 and head[1].upper().startswith(wanted):
+                return True
     return False
 
 
@@ -294,7 +306,7 @@ class FaultProxy:
         self._buckets: list[_TokenBucket | None] = [None, None]
         self._blackholed = False
         self._drop_p = 0.0
-        self._drop_match: bytes | None = None
+        self._drop_match: tuple[bytes, ...] | None = None
         self._slice: int | None = None
         self._slice_gap = 0.0
 
@@ -386,12 +398,12 @@ class FaultProxy:
         self.resets += len(conns)
         return len(conns)
 
-    def drop_reply(self, p: float, match: bytes | str | None = None) -> None:
+    def drop_reply(self, p: float, match: Match | None = None) -> None:
         """Reset the connection instead of forwarding a (matching) reply, with probability ``p``."""
         if not 0.0 <= p <= 1.0:
             raise ValueError("p must be within [0, 1]")
         self._drop_p = p
-        self._drop_match = None if match is None else _as_bytes(match)
+        self._drop_match = None if match is None else _patterns(match)
 
     def slice(self, n: int | None, gap_ms: float = 0.0) -> None:
         """Forward in pieces of at most ``n`` bytes, pausing ``gap_ms`` between them."""
@@ -755,7 +767,7 @@ class ThreadedFaultProxy:
         """Abort every current connection with an RST on both sides; return how many."""
         return self._call(self.proxy.reset_all)
 
-    def drop_reply(self, p: float, match: bytes | str | None = None) -> None:
+    def drop_reply(self, p: float, match: Match | None = None) -> None:
         """Reset the connection instead of forwarding a (matching) reply, with probability ``p``."""
         self._call(self.proxy.drop_reply, p, match)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import time
@@ -14,14 +13,24 @@ import pytest
 from aioqueue import Call
 from aioqueue.testing import RedisServer
 
-from .harness import KEYS, LEASE, MAINTENANCE, Workers, admin, eventually, finish, producer, summary
+from .harness import (
+    KEYS,
+    Workers,
+    admin,
+    eventually,
+    finish,
+    ledger_progress,
+    producer,
+    recovery_bound_ms,
+    scaled,
+    signal_pid,
+    summary,
+)
 from .history import Fault, History, Ledger, Report
 from .ledger_tasks import EXIT_HARD, KILL_SUPERVISOR, SEGFAULT, SUICIDE, WORK
 from .proxy import ThreadedFaultProxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.anyio]
-
-RECOVERY_BOUND_MS = (LEASE + MAINTENANCE + 1.0) * 1000
 
 
 async def submit_batch(hist: History, q: object, tags: list[str], *args: object) -> None:
@@ -115,7 +124,7 @@ async def test_s1_supervisor_sigkill(
     assert record["dup_exec"] <= sum(inflight) + kills * 2, summary(record)
     assert record["dup_exec"] <= kills * 2, summary(record)
     rec_max = record["recovery_ms"]["max"]
-    assert rec_max is None or rec_max <= RECOVERY_BOUND_MS, record["recovery"]
+    assert rec_max is None or rec_max <= recovery_bound_ms(1.0), record["recovery"]
     assert record["leftover"]["leases"] == 0 and record["leftover"]["tokens"] == 0
     assert b.running
 
@@ -150,7 +159,8 @@ async def test_s2a_child_sigkill(
             if not busy:
                 continue
             victim, tag = rng.choice(busy)
-            os.kill(victim, signal.SIGKILL)
+            if not signal_pid(victim, signal.SIGKILL):
+                continue  # the child exited (its job ended) since the ledger was read
             hist.fault("child SIGKILL", {tag})
             kills.append((victim, tag))
 
@@ -173,7 +183,9 @@ async def test_s2a_child_sigkill(
     assert interrupted <= record["retried"] <= len(kills), summary(record)
     assert record["lost"] == 0 and record["dead"] == 0, (summary(record), record["dlq_reasons"])
     assert record["dup_results"] == 0, summary(record)
-    assert max(respawn_ms) <= 1000
+    # a dead child is replaced within a second (on the reference machine; the margin is scaled
+    # to this machine's measured speed)
+    assert max(respawn_ms) <= 1000 * scaled(1.0)
     assert record["completed"] == 24
     assert interrupted <= record["dup_exec"] <= len(kills), summary(record)
 
@@ -237,16 +249,20 @@ async def test_s2c_poison_kills_supervisor(
         await submit_batch(hist, q, [f"g{i}" for i in range(10)], 0.01)
         await hist.submit("poison", q.submit(KILL_SUPERVISOR, "poison"))
         await submit_batch(hist, q, [f"h{i}" for i in range(10)], 0.01)
-        deadline = time.monotonic() + 20
+        # each supervisor death costs a restart and a lease expiry: the wait is scaled to the
+        # machine's speed, and starts over at each death seen (progress)
+        limit = scaled(10)
+        deadline = time.monotonic() + limit
         async with admin(redis_server) as r:
             while await r.zscore(KEYS.dead, hist.acked["poison"]) is None:
-                assert time.monotonic() < deadline, "poison job never dead-lettered"
+                assert time.monotonic() < deadline, f"poison job not dead-lettered ({deaths=})"
                 if not w.running:
                     deaths += 1
                     await workers.assert_no_orphans()
                     hist.fault("supervisor killed by its task", ["poison"])
                     w = workers.start(url)
                     await workers.wait_children(w)
+                    deadline = time.monotonic() + limit
                 await anyio.sleep(0.05)
         record = await finish(hist, redis_server, ledger_dir, chaos_report, multi_start=["poison"])
         dead = await q.dead_letters()
@@ -288,18 +304,21 @@ async def test_s3_sigterm_drain(
             leased = [await r.zscore(KEYS.leases, jid) is not None for jid in long_ids]
             return ledger.starts["long0"] >= 1 and ledger.starts["long1"] >= 1 and all(leased)
 
-        await eventually(both_running, 10.0, "both long jobs running")
+        await eventually(
+            both_running, 10.0, "both long jobs running", progress=ledger_progress(ledger_dir)
+        )
         t_sig = w.send(signal.SIGTERM)
 
         async def released() -> bool:
             return all([await r.zscore(KEYS.pending, jid) is not None for jid in long_ids])
 
-        await eventually(released, grace + 3.0, "long jobs handed back", interval=0.01)
+        # grace is the product's promise; the margins after it are scaled to the machine's speed
+        await eventually(released, grace / scaled(1.0) + 3.0, "long jobs handed back", 0.01)
         t_released = time.time()
-        code = await anyio.to_thread.run_sync(w.wait, grace + 5.0)
+        code = await anyio.to_thread.run_sync(w.wait, grace + scaled(5.0))
         t_exit = time.time()
         assert code == 0, w.log_text()
-        assert t_exit - t_sig <= grace + 2.0
+        assert t_exit - t_sig <= grace + scaled(2.0)
         leases = await r.zcard(KEYS.leases)
         attempts = [await r.hget(KEYS.attempts, hist.acked[f"long{i}"]) for i in range(2)]
         pending_long = [await r.zscore(KEYS.pending, hist.acked[f"long{i}"]) for i in range(2)]
@@ -310,7 +329,7 @@ async def test_s3_sigterm_drain(
         record = await finish(hist, redis_server, ledger_dir, chaos_report)
     record["drain_s_after_sigterm"] = round(t_exit - t_sig, 2)
     record["released_ms_after_grace"] = round((t_released - t_sig - grace) * 1000, 1)
-    assert record["released_ms_after_grace"] <= 1000
+    assert record["released_ms_after_grace"] <= 1000 * scaled(1.0)
     assert leases == 0, "leases left to expire after a graceful stop"
     assert attempts == [b"0", b"0"], f"released attempts were counted: {attempts}"
     assert None not in pending_long

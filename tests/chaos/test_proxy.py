@@ -17,8 +17,11 @@ from redis.retry import Retry
 
 from aioqueue.testing import RedisServer
 
-from .proxy import FaultProxy, ThreadedFaultProxy, peek_commands
+from .harness import scaled
+from .proxy import SCRIPTS, FaultProxy, ThreadedFaultProxy, peek_commands
 
+#: How long a proxy's state change may take to show, on the reference machine (scaled to this
+#: one's measured speed where it is used).
 DEADLINE = 5.0
 
 
@@ -50,7 +53,7 @@ def client_for(port: int, **kwargs: float) -> redis.asyncio.Redis:
 
 
 async def eventually(condition: Callable[[], bool | Awaitable[bool]]) -> None:
-    deadline = time.monotonic() + DEADLINE
+    deadline = time.monotonic() + scaled(DEADLINE)
     while True:
         result = condition()
         if not isinstance(result, bool):
@@ -214,6 +217,22 @@ async def test_drop_reply_matches_an_evalsha_by_sha_prefix(
 
 
 @pytest.mark.anyio
+async def test_drop_reply_matches_every_script_call(
+    proxy: FaultProxy, direct: redis.asyncio.Redis
+) -> None:
+    sha = await direct.script_load("return redis.call('INCR', KEYS[1])")
+    async with client_for(proxy.port) as client:
+        proxy.drop_reply(1.0, match=SCRIPTS)
+        assert await client.incr("any:other") == 1  # not a script: not a candidate
+        with pytest.raises(redis.ConnectionError):
+            await client.evalsha(sha, 1, "any:n")
+        with pytest.raises(redis.ConnectionError):
+            await client.eval("return redis.call('INCR', KEYS[1])", 1, "any:n")
+        assert await direct.get("any:n") == b"2"
+        assert proxy.dropped_replies == 2
+
+
+@pytest.mark.anyio
 async def test_drop_reply_with_probability_keeps_every_write(
     proxy: FaultProxy, direct: redis.asyncio.Redis
 ) -> None:
@@ -269,7 +288,7 @@ def test_threaded_proxy_from_synchronous_code(redis_server: RedisServer) -> None
         return redis.Redis(port=port, retry=Retry(NoBackoff(), 0), **kwargs)
 
     def wait_until(condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + DEADLINE
+        deadline = time.monotonic() + scaled(DEADLINE)
         while not condition():
             assert time.monotonic() < deadline, "condition not met before the deadline"
             time.sleep(0.005)

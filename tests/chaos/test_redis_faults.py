@@ -14,13 +14,26 @@ import pytest
 from aioqueue import RedisOutOfMemory
 from aioqueue.testing import RedisServer
 
-from .harness import KEYS, LEASE, Workers, admin, eventually, finish, producer, summary
+from .harness import (
+    KEYS,
+    LEASE,
+    Workers,
+    admin,
+    eventually,
+    finish,
+    ledger_progress,
+    producer,
+    scaled,
+    summary,
+)
 from .history import History, Ledger, Report
 from .ledger_tasks import WORK
 from .proxy import ThreadedFaultProxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.anyio]
 
+#: Work resumes within 2 s of Redis being back (on the reference machine; scaled to this one's
+#: measured speed where it is asserted).
 RESUME_BOUND_MS = 2000.0
 
 
@@ -43,7 +56,7 @@ async def test_s4_redis_restart(
     await workers.wait_children(w)
     hist.t0 = time.time()
     resume_ms: list[float] = []
-    async with producer(server.url, retries=3) as q:
+    async with producer(server.url, redis_retries=3) as q:
         stop = anyio.Event()
 
         async def submitter(k: int) -> None:
@@ -84,7 +97,7 @@ async def test_s4_redis_restart(
     assert record["lost"] == 0 and record["unexpected"] == 0, summary(record)
     assert record["duplicate_jobs"] == 0 and record["dup_results"] == 0, summary(record)
     assert record["dup_exec"] <= 2 * 2, summary(record)
-    assert max(resume_ms) <= RESUME_BOUND_MS, resume_ms
+    assert max(resume_ms) <= RESUME_BOUND_MS * scaled(1.0), resume_ms
 
 
 async def test_s14_duplicate_suppression(
@@ -106,7 +119,7 @@ async def test_s14_duplicate_suppression(
         w = workers.start(server.url)
         await workers.wait_children(w)
         hist.t0 = time.time()
-        async with producer(proxy.url, retries=3) as q:
+        async with producer(proxy.url, redis_retries=3) as q:
             proxy.drop_reply(0.1, match=q.scripts.sha("submit"))
 
             async def producer_loop(p: int) -> None:
@@ -221,14 +234,17 @@ async def test_s17_heartbeat_at_maxmemory(
         for i in range(2):
             await hist.submit(f"long{i}", q.submit(WORK, f"long{i}", 3.0, 0, True))
         await eventually(
-            lambda: Ledger.read(ledger_dir).starts["long1"] >= 1, 10.0, "long jobs started"
+            lambda: Ledger.read(ledger_dir).starts["long1"] >= 1,
+            10.0,
+            "long jobs started",
+            progress=ledger_progress(ledger_dir),
         )
         used = int((await r.info("memory"))["used_memory"])
         await r.config_set("maxmemory", str(used // 2))
         hist.fault("maxmemory below used memory", ["long0", "long1"])
         await anyio.sleep(2.5 * LEASE)
         await r.config_set("maxmemory", "0")
-        record = await finish(hist, redis_server, ledger_dir, chaos_report, drain_timeout=10)
+        record = await finish(hist, redis_server, ledger_dir, chaos_report)
     assert record["lost"] == 0, summary(record)
     assert record["dead"] == 0, record["dlq_reasons"]
     assert record["dup_exec"] == 0 and record["fenced"] == 0, summary(record)

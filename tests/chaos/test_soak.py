@@ -18,7 +18,17 @@ import pytest
 from aioqueue import Call
 from aioqueue.testing import RedisServer
 
-from .harness import KEYS, Workers, admin, finish, open_fds, producer, rss_kib, summary
+from .harness import (
+    KEYS,
+    Workers,
+    admin,
+    finish,
+    open_fds,
+    producer,
+    rss_kib,
+    signal_pid,
+    summary,
+)
 from .history import History, Ledger, Report
 from .ledger_tasks import FLAKY, SUICIDE, WORK
 from .proxy import ThreadedFaultProxy
@@ -52,7 +62,7 @@ async def test_soak_mixed_faults(
         hist.t0 = time.time()
         faults: list[str] = []
         samples: list[tuple[float, int, int]] = []
-        async with producer(server.url, retries=3) as q:
+        async with producer(server.url, redis_retries=3) as q:
             stop = anyio.Event()
 
             async def produce() -> None:
@@ -101,7 +111,8 @@ async def test_soak_mixed_faults(
                         a = workers.start(proxy.url)
                         await workers.wait_children(a)
                     elif fault == "child-kill" and kids:
-                        os.kill(rng.choice(kids), signal.SIGKILL)
+                        # the child may have exited since it was listed: nothing to kill then
+                        signal_pid(rng.choice(kids), signal.SIGKILL)
                     elif fault == "redis-kill":
                         await anyio.to_thread.run_sync(server.kill)
                         await anyio.sleep(rng.uniform(0.2, 1.0))
@@ -124,9 +135,7 @@ async def test_soak_mixed_faults(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(produce)
                 tg.start_soon(inject)
-            record = await finish(
-                hist, server, ledger_dir, chaos_report, drain_timeout=30, multi_start=multi
-            )
+            record = await finish(hist, server, ledger_dir, chaos_report, multi_start=multi)
         proxy.heal()
     async with admin(server) as r:
         results = [k async for k in r.scan_iter(match=KEYS.result("*"), count=1000)]
@@ -143,6 +152,7 @@ async def test_soak_mixed_faults(
     assert record["lost"] == 0 and record["unexpected"] == 0, summary(record)
     assert record["dup_results"] == 0, summary(record)
     assert record["dup_exec"] <= 2 * len(faults) + 2, summary(record)
+    assert b.running, b.log_text()[-2000:]
     if len(samples) >= 2:
         assert samples[-1][1] - samples[0][1] < 20_000, record["supervisor_rss_kib"]
         assert samples[-1][2] - samples[0][2] <= 5, record["supervisor_fds"]
