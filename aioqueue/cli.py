@@ -50,6 +50,7 @@ def _version() -> str:
 def _parser() -> _Parser:
     p = _Parser(
         prog=PROG,
+        allow_abbrev=False,  # a prefix that names one flag today may name two tomorrow
         description="Run an aioqueue worker: one supervisor process and a pool of children.",
         epilog="Each flag can be set by the environment variable named in its help; "
         "a flag on the command line wins over the variable.",

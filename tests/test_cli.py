@@ -147,6 +147,7 @@ def test_boolean_variables() -> None:
         ),
         (["--grace", "nan"], {}, "grace must be >= 0 seconds, got nan (from --grace)"),
         (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+        (["--max-tasks", "5"], {}, "unrecognized arguments: --max-tasks 5"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(
