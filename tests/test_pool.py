@@ -1,0 +1,262 @@
+"""The pool of children on its own: real child processes (tests/pool_tasks.py), no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from aioqueue import wire
+from aioqueue.worker.pool import Pool, PoolStartError, Work
+
+pytestmark = pytest.mark.anyio
+
+SPEC = "tests.pool_tasks:queue"
+BROKEN_FLAG = "AIOQUEUE_POOL_TASKS_BROKEN"
+Reply = wire.ChildReply | None
+
+
+class Watch:
+    """What the pool told us through its callbacks, and a way to wait for a condition."""
+
+    def __init__(self) -> None:
+        self.pool: Pool | None = None
+        self.capacities: list[int] = []
+        self.broken: list[str] = []
+        self._changed = asyncio.Event()
+
+    def changed(self) -> None:
+        assert self.pool is not None
+        self.capacities.append(self.pool.capacity)
+        self._changed.set()
+
+    def on_broken(self, message: str) -> None:
+        self.broken.append(message)
+
+    async def until(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
+        with anyio.fail_after(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@asynccontextmanager
+async def open_pool(processes: int = 1, **options: Any) -> AsyncIterator[tuple[Pool, Watch]]:
+    watch = Watch()
+    async with anyio.create_task_group() as tg:
+        pool = watch.pool = Pool(
+            SPEC,
+            processes,
+            spawn=tg.start_soon,
+            on_change=watch.changed,
+            on_broken=watch.on_broken,
+            kill_grace=0.5,
+            **options,
+        )
+        try:
+            await pool.start()
+            yield pool, watch
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.close(kill=True)
+            tg.cancel_scope.cancel()
+
+
+def submit(
+    pool: Pool, task: str, *args: Any, timeout: float | None = None, **kwargs: Any
+) -> tuple[Work, asyncio.Future[Reply]]:
+    """Submit ``tests.pool_tasks.<task>``; the future gets what ``on_done`` got."""
+    done: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+    work = pool.submit(
+        f"tests.pool_tasks.{task}",
+        msgspec.Raw(wire.encode(list(args))),
+        msgspec.Raw(wire.encode(kwargs)),
+        timeout,
+        done.set_result,
+    )
+    return work, done
+
+
+async def result(done: asyncio.Future[Reply], timeout: float = 10.0) -> Reply:
+    with anyio.fail_after(timeout):
+        return await done
+
+
+async def value(pool: Pool, task: str, *args: Any, **kwargs: Any) -> Any:
+    reply = await result(submit(pool, task, *args, **kwargs)[1])
+    assert reply is not None and reply.ok, reply
+    return msgspec.msgpack.decode(reply.value)
+
+
+def error(reply: Reply) -> wire.ErrorInfo:
+    assert reply is not None and not reply.ok and reply.error is not None, reply
+    return reply.error
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_result_and_error_replies() -> None:
+    """Results, raised errors, unknown tasks and bad arguments each come back as their kind."""
+    async with open_pool() as (pool, _):
+        first = await value(pool, "pid")
+        assert await value(pool, "add", 2, 3) == 5
+        err = error(await result(submit(pool, "fail", "boom")[1]))
+        assert (err.kind, err.type, err.message) == ("raised", "ValueError", "boom")
+        assert "ValueError: boom" in err.traceback
+        err = error(await result(submit(pool, "async_fail")[1]))
+        assert (err.kind, err.type) == ("raised", "KeyError")
+        err = error(await result(submit(pool, "nope")[1]))
+        assert (err.kind, err.type) == ("unknown_task", "UnknownTask")
+        assert "tests.pool_tasks.nope" in err.message
+        assert error(await result(submit(pool, "add", "x", 1)[1])).kind == "malformed"
+        assert error(await result(submit(pool, "add", 1)[1])).kind == "malformed"
+        assert await value(pool, "add", 1, b=2) == 3
+        assert await value(pool, "pid") == first  # none of that cost the child its life
+
+
+async def test_crash_fails_only_its_job_and_the_child_is_replaced() -> None:
+    """A child that dies fails its own job as crashed; capacity drops, then comes back."""
+    async with open_pool(2) as (pool, watch):
+        assert pool.capacity == 2
+        _, slow = submit(pool, "sleep", 0.5)
+        _, crashed = submit(pool, "crash")
+        err = error(await result(crashed))
+        assert (err.kind, err.type) == ("crashed", "ChildDied")
+        assert "killed by SIGKILL" in err.message
+        reply = await result(slow)
+        assert reply is not None and reply.ok
+        await watch.until(lambda: pool.capacity == 2)
+        assert 1 in watch.capacities
+        err = error(await result(submit(pool, "exit_now", 3)[1]))
+        assert err.kind == "crashed" and "exited with code 3" in err.message
+        await watch.until(lambda: pool.capacity == 2)
+        assert await value(pool, "add", 1, 1) == 2
+
+
+async def test_timeout_kills_the_child_and_fails_the_job() -> None:
+    """A job past its timeout fails as timeout, its child is killed and replaced."""
+    async with open_pool() as (pool, watch):
+        before = await value(pool, "pid")
+        start = asyncio.get_running_loop().time()
+        err = error(await result(submit(pool, "sleep", 30, timeout=0.3)[1]))
+        assert asyncio.get_running_loop().time() - start < 5
+        assert (err.kind, err.type) == ("timeout", "TimeoutError")
+        assert "0.3 s" in err.message
+        assert gone(before)
+        await watch.until(lambda: pool.capacity == 1)
+        assert await value(pool, "pid") != before
+
+
+async def test_cancel_of_a_waiting_job_never_runs_it(tmp_path: Path) -> None:
+    """A job waiting behind a running one is taken back from the pool: it never runs in any
+    child, and no child is killed."""
+    marker = tmp_path / "ran"
+    async with open_pool() as (pool, watch):
+        before = await value(pool, "pid")
+        _, running = submit(pool, "sleep", 0.3)
+        waiting, cancelled = submit(pool, "touch", str(marker))
+        assert (pool.waiting, waiting.started) == (1, False)
+        pool.cancel(waiting)
+        assert cancelled.done() and cancelled.result() is None
+        assert pool.waiting == 0
+        reply = await result(running)
+        assert reply is not None and reply.ok
+        assert msgspec.msgpack.decode(reply.value) == before
+        assert await value(pool, "pid") == before  # ran after where the touch job was
+        assert not marker.exists()
+        assert min(watch.capacities) == 1  # no child was lost
+
+
+async def test_cancel_of_a_running_job_kills_its_child() -> None:
+    """Cancelling a started job gives on_done(None) at once and kills (and replaces) its child."""
+    async with open_pool() as (pool, watch):
+        before = await value(pool, "pid")
+        work, done = submit(pool, "sleep", 30)
+        assert work.started
+        pool.cancel(work)
+        assert done.done() and done.result() is None
+        assert pool.capacity == 0
+        await watch.until(lambda: pool.capacity == 1)
+        assert gone(before)
+        assert await value(pool, "pid") != before
+
+
+async def test_start_raises_with_the_import_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task module that can't be imported makes start() raise with the child's error."""
+    flag = tmp_path / "broken"
+    flag.touch()
+    monkeypatch.setenv(BROKEN_FLAG, str(flag))
+    async with anyio.create_task_group() as tg:
+        pool = Pool(SPEC, 2, spawn=tg.start_soon)
+        with pytest.raises(PoolStartError) as info:
+            await pool.start()
+    message = str(info.value)
+    assert pool.broken == message
+    assert "RuntimeError: pool_tasks is broken on purpose" in message
+    assert "pool_tasks.py" in message  # the traceback's last lines
+
+
+async def test_pool_breaks_when_children_stop_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After max_start_failures failed replacements the pool is broken: it says why, and hands
+    every waiting job back with None."""
+    flag = tmp_path / "broken"
+    monkeypatch.setenv(BROKEN_FLAG, str(flag))
+    async with open_pool(max_start_failures=2) as (pool, watch):
+        flag.touch()  # a deploy broke the module: replacements can't import it
+        assert error(await result(submit(pool, "crash")[1])).kind == "crashed"
+        assert pool.capacity == 0
+        work, waiting = submit(pool, "add", 1, 2)
+        assert not work.started
+        await watch.until(lambda: watch.broken)
+        assert await result(waiting, 0) is None
+        assert pool.broken is not None and watch.broken == [pool.broken]
+        assert "RuntimeError: pool_tasks is broken on purpose" in pool.broken
+        assert "2 child processes in a row" in pool.broken
+        assert pool.capacity == 0 and pool.waiting == 0
+        assert await result(submit(pool, "add", 1, 2)[1]) is None  # refused from now on
+
+
+async def test_children_recycle_after_max_tasks() -> None:
+    """A child is replaced after max_tasks_per_child jobs."""
+    async with open_pool(max_tasks_per_child=2) as (pool, watch):
+        first = await value(pool, "pid")
+        assert await value(pool, "pid") == first
+        await watch.until(lambda: pool.capacity == 1)
+        assert await value(pool, "pid") != first
+
+
+async def test_async_tasks_share_one_loop_per_child() -> None:
+    """async def tasks in one child run on one event loop, kept between jobs."""
+    async with open_pool() as (pool, _):
+        loop = await value(pool, "loop_id")
+        assert await value(pool, "add", 1, 1) == 2
+        error(await result(submit(pool, "async_fail")[1]))
+        assert await value(pool, "loop_id") == loop
+
+
+async def test_close_lets_the_running_job_finish() -> None:
+    """close() without kill delivers the running job's reply and hands waiting ones back."""
+    async with open_pool() as (pool, _):
+        _, running = submit(pool, "sleep", 0.2)
+        _, waiting = submit(pool, "add", 1, 2)
+        await pool.close()
+        reply = await result(running, 0)
+        assert reply is not None and reply.ok
+        assert await result(waiting, 0) is None
