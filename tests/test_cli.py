@@ -107,12 +107,12 @@ def test_boolean_variables() -> None:
         (
             ["--lease", "1", "--heartbeat", "2"],
             {},
-            "lease must be longer than heartbeat (2 seconds), got 1",
+            "lease must be longer than heartbeat (2 s), got 1",
         ),
         (
             [],
             {"AIOQUEUE_LEASE": "1", "AIOQUEUE_HEARTBEAT": "2"},
-            "lease must be longer than heartbeat (2 seconds), got 1",
+            "lease must be longer than heartbeat (2 s), got 1",
         ),
         (["--processes", "0"], {}, "processes must be an integer >= 1, got 0 (from --processes)"),
         (

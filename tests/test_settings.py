@@ -46,11 +46,11 @@ def test_defaults() -> None:
         ({"kill_grace": float("nan")}, "kill_grace must be >= 0 seconds, got nan"),
         ({"lease": float("inf")}, "lease must be > 0 seconds, got inf"),
         ({"burst": "yes"}, "burst must be true or false, got 'yes'"),
-        ({"lease": 1, "heartbeat": 2}, "lease must be longer than heartbeat (2 seconds), got 1"),
-        ({"lease": 1, "heartbeat": 1}, "lease must be longer than heartbeat (1 seconds), got 1"),
+        ({"lease": 1, "heartbeat": 2}, "lease must be longer than heartbeat (2 s), got 1"),
+        ({"lease": 1, "heartbeat": 1}, "lease must be longer than heartbeat (1 s), got 1"),
         (
             {"retry_backoff": 5, "retry_backoff_max": 2},
-            "retry_backoff_max must be >= retry_backoff (5 seconds), got 2",
+            "retry_backoff_max must be >= retry_backoff (5 s), got 2",
         ),
     ],
 )

@@ -113,12 +113,12 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
                 msgspec.structs.force_setattr(self, setting.name, checked)
         if not self.lease > self.heartbeat:
             raise InvalidOptions(
-                f"lease must be longer than heartbeat ({_show(self.heartbeat)} seconds),"
+                f"lease must be longer than heartbeat ({_show(self.heartbeat)} s),"
                 f" got {_show(self.lease)}"
             )
         if self.retry_backoff_max < self.retry_backoff:
             raise InvalidOptions(
-                f"retry_backoff_max must be >= retry_backoff ({_show(self.retry_backoff)} seconds),"
+                f"retry_backoff_max must be >= retry_backoff ({_show(self.retry_backoff)} s),"
                 f" got {_show(self.retry_backoff_max)}"
             )
 
@@ -216,7 +216,7 @@ def _unwrap(hint: Any) -> tuple[Any, Meta | None, bool]:
 
 def _show(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:g}"
+        return repr(value).removesuffix(".0")  # exact: 1.0000001 is not shown as 1
     return str(value) if isinstance(value, int) else repr(value)
 
 
