@@ -324,10 +324,12 @@ async def test_s7b_drop_reply_every_script(
                 if await r.zscore(KEYS.dead, jid) is not None
             }
             starts_then = Ledger.read(ledger_dir).starts
-            requeue_returned = purge_returned = purge_moved = 0
+            requeue_returned = requeue_moved = purge_returned = purge_moved = 0
             for tag in requeue:
                 jid = hist.acked[tag]
+                was_dead = await r.zscore(KEYS.dead, jid) is not None
                 requeue_returned += await _retrying(lambda j=jid: q.requeue_dead([j]), "requeue")
+                requeue_moved += int(was_dead and await r.zscore(KEYS.dead, jid) is None)
             for tag in purge:
                 jid = hist.acked[tag]
                 was_dead = await r.zscore(KEYS.dead, jid) is not None
@@ -349,8 +351,6 @@ async def test_s7b_drop_reply_every_script(
         proxy.heal()
     ledger = Ledger.read(ledger_dir)
     tag_of = {jid: tag for tag, jid in hist.acked.items()}
-    # a requeued job moved if it started again after the requeue
-    requeue_moved = sum(1 for tag in requeue if ledger.starts[tag] > starts_then[tag])
     starts_at_death = {jid: starts_then[tag_of.get(jid, "")] for jid in dead_seen}
     for jid in snap.dead:
         dead_seen[jid] = snap.errors.get(jid, [])
