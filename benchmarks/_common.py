@@ -1,61 +1,122 @@
-"""What the benchmark scripts share: Redis, workers, machine description, statistics, output.
+"""What every benchmark script shares; standard library only.
 
-* :func:`redis_url_or_private` yields the given Redis URL, or starts a private ``redis-server``
-  (:class:`aioqueue.testing.RedisServer`) for the duration of the benchmark.
-* :class:`WorkerProcess` runs ``python -m aioqueue bench_tasks:queue`` as a subprocess on a
-  queue of its own, and stops it with SIGTERM, a bounded wait, then SIGKILL.
-* :func:`machine_info`, :func:`percentile`, :func:`print_table`, :class:`Progress` and
-  :func:`wait_until` (poll a condition until a deadline) are the rest.
+``scaling.py`` and ``throughput.py`` import it, and so do the peers benchmark's driver, its cell
+runner and its adapters, which run inside each peer's own virtualenv (where neither aioqueue nor
+anything else of this project is installed). So nothing here imports beyond the standard library;
+aioqueue's test server is loaded from its file when the package is not importable.
+
+* the CPU-bound job (:func:`burn_loop`) and its :func:`calibrate`\\ion;
+* Redis: :func:`redis_url_or_private`, :func:`redis_version`;
+* the machine: :func:`machine_info`, and the processes on it from ``/proc``
+  (:func:`proc_stats`, :func:`descendants`, :func:`rss_kib`, :func:`kill_tree`);
+* other load: :class:`CpuMeter` splits the machine's CPU time into this benchmark's process tree
+  and everybody else's, and :func:`load_verdict` says in words when the machine was busy;
+* :class:`Worker`: a worker command as a subprocess, with its log, stopped with its whole tree;
+* waiting: :func:`wait_until`, :func:`watch`, :func:`run_async`;
+* output: :func:`format_table`, :class:`Progress`, :func:`percentile`, and
+  :func:`report_to` / :func:`write_json` under ``--out`` (default ``results/`` at the repository
+  root, which git ignores: the figures under ``benchmarks/results/`` are the published ones).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import inspect
+import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
-
-import bench_tasks
-import redis
-
-from aioqueue import Queue
-from aioqueue.testing import RedisServer
-
-__all__ = (
-    "BENCH_DIR",
-    "CpuMeter",
-    "Progress",
-    "RedisTarget",
-    "WorkerProcess",
-    "child_pids",
-    "cleanup_queue",
-    "fresh_queue_name",
-    "machine_info",
-    "make_queue",
-    "percentile",
-    "print_table",
-    "redis_url_or_private",
-    "rss_kib",
-    "run_async",
-    "wait_until",
-)
+from urllib.parse import unquote, urlsplit
 
 T = TypeVar("T")
 
 BENCH_DIR = Path(__file__).resolve().parent
-TASKS_SPEC = "bench_tasks:queue"
+REPO_ROOT = BENCH_DIR.parent
+DEFAULT_OUT = REPO_ROOT / "results"
 
 
-# -- Redis and queues ----------------------------------------------------------------------
+# -- the CPU-bound job ---------------------------------------------------------------------
+
+
+def burn_loop(iterations: int) -> int:
+    """Pure-Python integer arithmetic: ``iterations`` rounds, no I/O, no allocation to speak of."""
+    acc = 0
+    for i in range(iterations):
+        acc = (acc * 31 + i) % 1_000_003
+    return acc
+
+
+@dataclass
+class Calibration:
+    """The job's fixed cost: ``burn_loop(iterations)`` takes ``compute_ms`` of CPU time here.
+
+    CPU time rather than elapsed time, so that other load on the machine while calibrating does
+    not shrink the job; ``wall_ms`` is the elapsed time of the same calls, for comparison.
+    """
+
+    iterations: int
+    compute_ms: float
+    wall_ms: float
+    target_ms: float
+    samples_ms: list[float]
+    checksum: int
+
+
+def calibrate(target_ms: float, rounds: int = 5) -> Calibration:
+    """Find ``iterations`` so that ``burn_loop(iterations)`` takes about ``target_ms`` here."""
+    iterations = 1000
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        t = time.thread_time()
+        burn_loop(iterations)
+        if (time.thread_time() - t) * 1000 >= target_ms / 4:
+            break
+        iterations *= 4
+    for _ in range(2):
+        samples, _ = _time_burn(iterations, rounds)
+        iterations = max(1, round(iterations * target_ms / percentile(samples, 50)))
+    samples, walls = _time_burn(iterations, rounds)
+    return Calibration(
+        iterations=iterations,
+        compute_ms=percentile(samples, 50),
+        wall_ms=percentile(walls, 50),
+        target_ms=target_ms,
+        samples_ms=[round(s, 4) for s in samples],
+        checksum=burn_loop(iterations),
+    )
+
+
+def _time_burn(iterations: int, rounds: int) -> tuple[list[float], list[float]]:
+    """CPU and elapsed milliseconds of ``rounds`` calls of ``burn_loop(iterations)``."""
+    cpu, wall = [], []
+    for _ in range(rounds):
+        t, w = time.thread_time(), time.perf_counter()
+        burn_loop(iterations)
+        cpu.append((time.thread_time() - t) * 1000)
+        wall.append((time.perf_counter() - w) * 1000)
+    return cpu, wall
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` spread over ``parts`` as evenly as possible (the first ones get the extra)."""
+    if parts < 1 or total < parts:
+        raise ValueError(f"{total} can't be spread over {parts} parts")
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+# -- Redis ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -67,15 +128,63 @@ class RedisTarget:
     pid: int | None
 
 
+def _redis_server_class() -> Any:
+    """``aioqueue.testing.RedisServer``, loaded from its file where the package is not installed."""
+    try:
+        from aioqueue.testing import RedisServer
+    except ImportError:
+        path = REPO_ROOT / "aioqueue" / "testing.py"
+        spec = importlib.util.spec_from_file_location("_aioqueue_testing", path)
+        if spec is None or spec.loader is None:
+            raise
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module.RedisServer
+    return RedisServer
+
+
 @contextlib.contextmanager
 def redis_url_or_private(url: str | None) -> Iterator[RedisTarget]:
     """Yield ``url``; without one, start a private ``redis-server`` for as long as it is used."""
     if url:
         yield RedisTarget(url, private=False, pid=None)
         return
-    with RedisServer() as server:
+    with _redis_server_class()() as server:
         pid = server.process.pid if server.process is not None else None
-        yield RedisTarget(server.url, private=True, pid=pid)
+        yield RedisTarget(str(server.url), private=True, pid=pid)
+
+
+def redis_version(url: str, timeout: float = 5.0) -> str:
+    """The ``redis_version`` the server at ``url`` reports (``INFO server``), or ``"unknown"``."""
+    parts = urlsplit(url)
+    user, password = unquote(parts.username or "default"), unquote(parts.password or "")
+    try:
+        if parts.scheme == "unix":
+            conn = socket.socket(socket.AF_UNIX)
+            conn.settimeout(timeout)
+            conn.connect(parts.path)
+        else:
+            conn = socket.create_connection((parts.hostname, parts.port or 6379), timeout)
+        with conn, conn.makefile("rb") as reply:
+            if parts.password:
+                conn.sendall(_resp([b"AUTH", user.encode(), password.encode()]))
+                reply.readline()
+            conn.sendall(_resp([b"INFO", b"server"]))
+            header = reply.readline()
+            text = (
+                reply.read(int(header[1:])).decode(errors="replace") if header[:1] == b"$" else ""
+            )
+    except (OSError, ValueError):
+        return "unknown"
+    for line in text.splitlines():
+        if line.startswith("redis_version:"):
+            return line.partition(":")[2].strip()
+    return "unknown"
+
+
+def _resp(command: Sequence[bytes]) -> bytes:
+    return b"*%d\r\n" % len(command) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in command)
 
 
 def fresh_queue_name(prefix: str) -> str:
@@ -83,64 +192,16 @@ def fresh_queue_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def make_queue(name: str, redis_url: str) -> Queue:
-    """A producer-side queue named ``name`` with the benchmark tasks registered on it.
-
-    The tasks keep their registered names (``bench_tasks.burn``, ``bench_tasks.noop``), so a
-    worker that imports ``bench_tasks:queue`` with ``$AIOQUEUE_BENCH_QUEUE=name`` runs them.
-    """
-    queue = Queue(name, redis_url=redis_url)
-    queue.task(bench_tasks.noop)
-    queue.task(bench_tasks.burn)
-    return queue
-
-
-def cleanup_queue(redis_url: str, name: str) -> int:
-    """Delete every key of queue ``name`` (for runs against a Redis the benchmark did not start).
-
-    :returns: how many keys were deleted.
-    """
-    client = redis.Redis.from_url(redis_url)
-    deleted = 0
-    try:
-        batch: list[Any] = []
-        for key in client.scan_iter(match=f"aioqueue:{{{name}}}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += int(client.delete(*batch))
-                batch = []
-        if batch:
-            deleted += int(client.delete(*batch))
-    finally:
-        client.close()
-    return deleted
-
-
-def redis_version(redis_url: str) -> str:
-    """The ``redis_version`` the server reports, or ``"unknown"``."""
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
-    try:
-        info: dict[str, Any] = client.info("server")
-        return str(info.get("redis_version", "unknown"))
-    except redis.RedisError:
-        return "unknown"
-    finally:
-        client.close()
-
-
 # -- the machine ---------------------------------------------------------------------------
 
 
 def cpu_model() -> str:
     """The CPU model from ``/proc/cpuinfo`` (Linux), else what :mod:`platform` says."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
     return platform.processor() or platform.machine() or "unknown"
 
 
@@ -165,172 +226,100 @@ def describe_machine(machine: dict[str, Any]) -> str:
     )
 
 
-# -- statistics and output -----------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """The ``p``-th percentile (0-100) of ``values``, interpolated linearly; NaN if empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    rank = (len(ordered) - 1) * min(max(p, 0.0), 100.0) / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def print_table(
-    headers: Sequence[str], rows: Sequence[Sequence[object]], file: IO[str] | None = None
-) -> None:
-    """Print ``rows`` as an aligned plain-text table: text left-aligned, numbers right-aligned."""
-    out = file or sys.stdout
-    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
-    numeric = [
-        all(_is_number(row[i]) for row in rows) if rows else False for i in range(len(headers))
-    ]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def fmt(row: list[str]) -> str:
-        parts = [
-            cell.rjust(w) if num else cell.ljust(w)
-            for cell, w, num in zip(row, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    print(fmt(cells[0]), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for row in cells[1:]:
-        print(fmt(row), file=out)
-    out.flush()
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _cell(v: object) -> str:
-    if isinstance(v, float):
-        if v != v:  # NaN
-            return "-"
-        if abs(v) >= 100:
-            return f"{v:,.0f}"
-        if abs(v) >= 10:
-            return f"{v:.1f}"
-        return f"{v:.2f}"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,}"
-    return str(v)
-
-
-class Progress:
-    """A one-line progress bar on stderr, redrawn in place with ``\\r``.
-
-    It draws nothing when stderr is not a terminal or when ``enabled`` is False, and redraws at
-    most ``hz`` times a second.
-    """
-
-    def __init__(
-        self, total: int, label: str, *, enabled: bool = True, width: int = 30, hz: float = 10.0
-    ) -> None:
-        self.total = max(total, 1)
-        self.label = label
-        self.width = width
-        self.enabled = enabled and sys.stderr.isatty()
-        self._min_interval = 1.0 / hz
-        self._last = 0.0
-        self._start = time.perf_counter()
-        self._shown = False
-
-    def update(self, done: int, *, force: bool = False) -> None:
-        """Show ``done`` of ``total``, with the rate so far."""
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not force and now - self._last < self._min_interval and done < self.total:
-            return
-        self._last = now
-        frac = min(done / self.total, 1.0)
-        filled = int(frac * self.width)
-        bar = "#" * filled + "." * (self.width - filled)
-        elapsed = now - self._start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        line = (
-            f"\r{self.label} [{bar}] {done}/{self.total} {frac * 100:5.1f}% "
-            f"{rate:8.1f}/s {elapsed:6.1f}s"
-        )
-        sys.stderr.write(line)
-        sys.stderr.flush()
-        self._shown = True
-
-    def close(self) -> None:
-        """Erase the bar, leaving the cursor at the start of an empty line."""
-        if self.enabled and self._shown:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
-        self._shown = False
-
-
-# -- waiting -------------------------------------------------------------------------------
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]],
-    timeout: float,
-    what: str,
-    *,
-    interval: float = 0.01,
-    check: Callable[[], None] | None = None,
-) -> float:
-    """Poll ``condition`` every ``interval`` seconds until it is true or ``timeout`` passes.
-
-    :param check: called on every round; raise from it to give up early (e.g. a worker died).
-    :returns: the seconds it took.
-    :raises TimeoutError: naming ``what``, when the deadline passes first.
-    """
-    start = time.monotonic()
-    deadline = start + timeout
-    while True:
-        if check is not None:
-            check()
-        if await condition():
-            return time.monotonic() - start
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on uvloop when it is installed (as the worker does), else on asyncio."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional where it doesn't install
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-# -- CPU accounting ------------------------------------------------------------------------
+# -- processes, from /proc -----------------------------------------------------------------
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds process ``pid`` has used (``/proc/PID/stat``); 0 if gone."""
+@dataclass(frozen=True)
+class ProcStat:
+    """One process from ``/proc/PID/stat``: its parent, state and CPU seconds.
+
+    ``cpu_s`` is its own user + system time; ``reaped_cpu_s`` what its children that it waited
+    for used (the kernel adds a child's time to its parent's when the parent reaps it).
+    """
+
+    pid: int
+    ppid: int
+    state: str
+    cpu_s: float
+    reaped_cpu_s: float
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """Process ``pid``, or None when it is gone (or there is no ``/proc``)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
             stat = f.read()
     except OSError:
-        return 0.0
+        return None
+    # the command name (field 2) is in parentheses and may itself hold spaces or ')'
     fields = stat[stat.rfind(")") + 2 :].split()
     try:
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        ticks = [int(v) for v in fields[11:15]]
+        return ProcStat(pid, int(fields[1]), fields[0], (ticks[0] + ticks[1]) / _CLK_TCK,
+                        (ticks[2] + ticks[3]) / _CLK_TCK)  # fmt: skip
     except (IndexError, ValueError):
-        return 0.0
+        return None
 
 
-def system_busy_seconds() -> float:
-    """CPU seconds all cores have spent busy since boot (``/proc/stat``); 0 if unknown."""
+def proc_stats() -> dict[int, ProcStat]:
+    """Every process on the machine, in one scan of ``/proc``."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return {}
+    found = (proc_stat(int(e)) for e in entries if e.isdigit())
+    return {s.pid: s for s in found if s is not None}
+
+
+def descendants(pid: int, stats: dict[int, ProcStat] | None = None) -> list[int]:
+    """The live (not zombie) children of ``pid``, their children, and so on."""
+    stats = proc_stats() if stats is None else stats
+    children: dict[int, list[int]] = {}
+    for s in stats.values():
+        if s.state != "Z":
+            children.setdefault(s.ppid, []).append(s.pid)
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return sorted(out)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    return sorted(s.pid for s in proc_stats().values() if s.ppid == pid and s.state != "Z")
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """``(VmRSS, VmHWM)`` of process ``pid`` in KiB from ``/proc/PID/status``; 0 if unknown."""
+    values: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0])
+    return values.get("VmRSS", 0), values.get("VmHWM", 0)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``, all its descendants, and its process group (best effort)."""
+    for victim in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def system_cpu_seconds() -> float:
+    """CPU seconds all cores have spent running processes since boot (``/proc/stat``).
+
+    User, nice and system time: not idle or iowait, and not interrupt time, which the kernel
+    spends on whoever's packets (the benchmark's own Redis traffic included).
+    """
     try:
         with open("/proc/stat", encoding="utf-8") as f:
             parts = f.readline().split()
@@ -338,172 +327,182 @@ def system_busy_seconds() -> float:
         return 0.0
     if not parts or parts[0] != "cpu":
         return 0.0
-    values = [int(v) for v in parts[1:]] + [0] * 10
-    # user, nice, system, irq, softirq; not idle, iowait, steal, or guest (counted in user)
-    return (values[0] + values[1] + values[2] + values[5] + values[6]) / _CLK_TCK
+    return sum(int(v) for v in parts[1:4]) / _CLK_TCK
 
 
-@dataclass
+# -- other load ----------------------------------------------------------------------------
+
+# Other processes' CPU, averaged over a span, above which the figures are called untrustworthy.
+BUSY_CORES = 0.15
+# Each process's CPU time is read in clock ticks: allow one tick per process read, per sample.
+_TICK_S = 1.0 / _CLK_TCK
+
+
 class CpuMeter:
-    """CPU time used between :meth:`start` and :meth:`stop`, per group of processes.
+    """CPU time used between :meth:`start` and :meth:`stop`: this benchmark's and the rest's.
 
-    Groups are named lists of pids (``supervisor``, ``children``, ``redis`` ...); this process
-    is the ``producer``. ``others`` is what the rest of the machine used meanwhile: the
-    system-wide busy time less every group's, so a busy machine shows up in the report.
+    The benchmark is the process tree under ``root`` (default: this process), children it has
+    reaped included; ``others`` is the machine's CPU time less that, so anything else running
+    shows up. ``groups`` name lists of pids (``supervisor``, ``children``, ``redis`` ...) whose
+    own CPU time is reported too.
     """
 
-    groups: dict[str, list[int]]
-    start_cpu: dict[str, float] = field(default_factory=dict)
-    used: dict[str, float] = field(default_factory=dict)
-    _busy0: float = 0.0
-    _t0: float = 0.0
-    wall: float = 0.0
+    def __init__(self, groups: dict[str, list[int]] | None = None, root: int | None = None):
+        self.groups = groups or {}
+        self.root = os.getpid() if root is None else root
+        self._start: tuple[float, float, float, dict[str, float], int] | None = None
+        self.used: dict[str, float] = {}
 
-    def _sample(self) -> dict[str, float]:
-        out = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.groups.items()}
-        out["producer"] = time.process_time()
-        return out
+    def _sample(self) -> tuple[float, float, float, dict[str, float], int]:
+        t = time.perf_counter()
+        system = system_cpu_seconds()
+        stats = proc_stats()
+        tree = [self.root, *descendants(self.root, stats)]
+        own = sum(s.cpu_s + s.reaped_cpu_s for p in tree if (s := stats.get(p)))
+        per_group = {
+            name: sum(s.cpu_s for p in pids if (s := stats.get(p)))
+            for name, pids in self.groups.items()
+        }
+        return t, system, own, per_group, len(tree)
 
-    def start(self) -> None:
+    def start(self) -> CpuMeter:
         """Take the first sample."""
-        self.start_cpu = self._sample()
-        self._busy0 = system_busy_seconds()
-        self._t0 = time.perf_counter()
+        self._start = self._sample()
+        return self
+
+    @property
+    def started_at(self) -> float:
+        """When :meth:`start` was called (``time.perf_counter()``)."""
+        return self._start[0] if self._start else 0.0
 
     def stop(self) -> dict[str, float]:
-        """Take the second sample; returns CPU seconds per group, ``others`` and ``wall``."""
-        end = self._sample()
-        busy = system_busy_seconds() - self._busy0
-        self.wall = time.perf_counter() - self._t0
-        self.used = {name: max(end[name] - self.start_cpu.get(name, 0.0), 0.0) for name in end}
-        self.used["others"] = max(busy - sum(self.used.values()), 0.0)
-        self.used["wall"] = self.wall
+        """Take the second sample; returns CPU seconds per group, ``own``, ``others``, ``wall``.
+
+        ``others_cores`` is ``others / wall``; ``noise_s`` is how far the tick-rounded readings
+        could be off, so ``others`` under it is not a sign of anything.
+        """
+        if self._start is None:
+            raise RuntimeError("CpuMeter.stop() before start()")
+        t0, system0, own0, group0, n0 = self._start
+        t1, system1, own1, group1, n1 = self._sample()
+        wall = max(t1 - t0, 1e-9)
+        own = max(own1 - own0, 0.0)
+        others = max(system1 - system0 - own, 0.0)
+        self.used = {name: max(group1[name] - group0.get(name, 0.0), 0.0) for name in group1}
+        self.used.update(
+            own=own,
+            others=others,
+            wall=wall,
+            others_cores=others / wall,
+            noise_s=_TICK_S * (n0 + n1 + 2 * (os.cpu_count() or 1)),
+        )
         return dict(self.used)
 
 
-# -- worker processes ----------------------------------------------------------------------
+def is_busy(used: dict[str, float]) -> bool:
+    """Whether a :meth:`CpuMeter.stop` reading shows other load beyond the readings' noise."""
+    return used["others"] > BUSY_CORES * used["wall"] + used["noise_s"]
 
 
-def rss_kib(pid: int) -> tuple[int, int]:
-    """``(VmRSS, VmHWM)`` of process ``pid`` in KiB from ``/proc/PID/status``; 0 if unknown."""
-    rss = hwm = 0
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return rss, hwm
+def load_verdict(before: dict[str, float], during: dict[str, float]) -> str:
+    """One sentence on other load: before the benchmark started and while it ran."""
+    cores = os.cpu_count() or 1
+    loadavg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    said = (
+        f"other processes used {before['others_cores']:.2f} of this machine's {cores} cores "
+        f"just before the run and {during['others_cores']:.2f} during it "
+        f"({during['others']:.1f} CPU-s in {during['wall']:.1f} s); load average {loadavg:.2f}"
+    )
+    if is_busy(before) or is_busy(during):
+        return (
+            f"WARNING: the machine was busy: {said}. The benchmark's processes had to share the "
+            "CPU with them, so the rates, speedups and efficiencies above are NOT trustworthy; "
+            "rerun on an idle machine."
+        )
+    return f"other load: too little to matter: {said}."
 
 
-def child_pids(pid: int) -> list[int]:
-    """The live child processes of ``pid``, found by the parent pid in ``/proc/*/stat``."""
-    out: list[int] = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the command name (field 2) is in parentheses and may itself hold spaces or ')'
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 2 and fields[0] != "Z" and fields[1] == str(pid):
-            out.append(int(entry))
-    return sorted(out)
+# -- worker subprocesses -------------------------------------------------------------------
 
 
-class WorkerProcess:
-    """One worker supervisor (``python -m aioqueue bench_tasks:queue``) as a subprocess.
+class Worker:
+    """A worker command run as a subprocess (a session of its own), its output in ``log_path``.
 
-    Its output goes to ``log_path``; :meth:`log_tail` shows it when something goes wrong.
+    :meth:`stop` sends SIGTERM and waits up to ``grace`` seconds, then kills whatever is left of
+    its process tree; :meth:`log_tail` shows its output when something goes wrong.
     """
 
     def __init__(
         self,
-        queue_name: str,
-        redis_url: str,
-        processes: int,
+        command: Sequence[str],
         log_path: Path,
-        extra_args: Sequence[str] = (),
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path = BENCH_DIR,
     ) -> None:
-        self.queue_name = queue_name
-        self.redis_url = redis_url
-        self.processes = processes
+        self.command = list(command)
         self.log_path = log_path
-        self.extra_args = list(extra_args)
+        self.env = env
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-
-    @property
-    def command(self) -> list[str]:
-        """The command line the worker runs with."""
-        return [
-            sys.executable, "-m", "aioqueue", TASKS_SPEC,
-            "--processes", str(self.processes),
-            "--redis-url", self.redis_url,
-            "--log-level", "warning",
-            *self.extra_args,
-        ]  # fmt: skip
 
     @property
     def pid(self) -> int:
-        """The supervisor's process id."""
+        """The worker's process id."""
         if self.proc is None:
             raise RuntimeError("worker not started")
         return self.proc.pid
 
-    def start(self) -> None:
-        """Start the supervisor in the benchmarks directory, so it imports ``bench_tasks``."""
-        env = dict(os.environ)
-        env[bench_tasks.QUEUE_ENV] = self.queue_name
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = str(BENCH_DIR) + (os.pathsep + path if path else "")
+    def start(self) -> Worker:
+        """Start the command."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command,
-                cwd=BENCH_DIR,
-                env=env,
+                cwd=self.cwd,
+                env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-        self.started_at = time.perf_counter()
+        return self
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def exited(self) -> int | None:
+        """Its exit code once it has exited, else None."""
+        return self.proc.poll() if self.proc is not None else None
 
     def check_alive(self) -> None:
         """:raises RuntimeError: with the end of its log, if the worker has exited."""
-        if self.proc is not None and self.proc.poll() is not None:
+        if self.exited is not None:
             raise RuntimeError(
-                f"worker (pid {self.proc.pid}) exited with code {self.proc.returncode}:\n"
-                f"{self.log_tail()}"
+                f"worker (pid {self.pid}) exited with code {self.exited}:\n{self.log_tail()}"
             )
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; returns the exit code."""
+    def stop(self, grace: float = 30.0) -> int | None:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL its tree; returns the exit code."""
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
+        if grace > 0 and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait(10)
+                proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
         return proc.returncode
 
     def memory(self) -> dict[str, Any]:
-        """RSS of the supervisor and of each child, in KiB (VmRSS now, VmHWM the peak)."""
+        """RSS of the worker and of each child, in KiB (VmRSS now, VmHWM the peak)."""
         sup_rss, sup_hwm = rss_kib(self.pid)
         children = [(pid, *rss_kib(pid)) for pid in child_pids(self.pid)]
         return {
@@ -523,9 +522,195 @@ class WorkerProcess:
         return "\n".join(text.splitlines()[-lines:]) or "(no output)"
 
 
-def split_processes(processes: int, workers: int) -> list[int]:
-    """Children per supervisor: ``processes`` spread over ``workers`` as evenly as possible."""
-    if workers < 1 or processes < workers:
-        raise ValueError(f"{processes} processes can't be spread over {workers} workers")
-    base, extra = divmod(processes, workers)
-    return [base + (1 if i < extra else 0) for i in range(workers)]
+# -- waiting -------------------------------------------------------------------------------
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.01,
+    check: Callable[[], None] | None = None,
+) -> float:
+    """Poll ``condition`` (sync or async) every ``interval`` s until it is true or time is up.
+
+    :param check: called on every round; raise from it to give up early (e.g. a worker died).
+    :returns: the seconds it took.
+    :raises TimeoutError: naming ``what``, when the deadline passes first.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    while True:
+        if check is not None:
+            check()
+        done = condition()
+        if await done if inspect.isawaitable(done) else done:
+            return time.monotonic() - start
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def watch(work: Awaitable[T], check: Callable[[], None], interval: float = 0.2) -> T:
+    """Await ``work`` while calling ``check`` every ``interval`` s (raise from it to give up)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=interval)
+            if done:
+                return task.result()
+            check()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on uvloop when it is installed (as the worker does), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional where it doesn't install
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+# -- statistics and output -----------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (0-100) of ``values``, interpolated linearly; NaN if empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * min(max(p, 0.0), 100.0) / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """``rows`` as an aligned plain-text table: text left-aligned, numbers right-aligned."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    numeric = [bool(rows) and all(_is_number(row[i]) for row in rows) for i in range(len(headers))]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def fmt(row: list[str]) -> str:
+        parts = [
+            cell.rjust(w) if num else cell.ljust(w)
+            for cell, w, num in zip(row, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + [fmt(row) for row in cells[1:]])
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print :func:`format_table`."""
+    print(format_table(headers, rows), flush=True)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "-"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    if _is_number(v):
+        return f"{v:,}"
+    return str(v)
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn in place with ``\\r``.
+
+    It draws nothing when stderr is not a terminal or when ``enabled`` is False, and redraws at
+    most ``hz`` times a second.
+    """
+
+    def __init__(self, total: int, label: str, *, enabled: bool = True, hz: float = 10.0) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.enabled = enabled and sys.stderr.isatty()
+        self._min_interval = 1.0 / hz
+        self._last = 0.0
+        self._start = time.perf_counter()
+
+    def update(self, done: int, *, force: bool = False) -> None:
+        """Show ``done`` of ``total``, with the rate so far."""
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self._last < self._min_interval):
+            return
+        self._last = now
+        frac = min(done / self.total, 1.0)
+        bar = "#" * int(frac * 30) + "." * (30 - int(frac * 30))
+        elapsed = now - self._start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        sys.stderr.write(
+            f"\r{self.label} [{bar}] {done}/{self.total} {frac * 100:5.1f}% "
+            f"{rate:8.1f}/s {elapsed:6.1f}s"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """Erase the bar, leaving the cursor at the start of an empty line."""
+        if self.enabled and self._last:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+
+class _Tee:
+    """A text stream writing to two others."""
+
+    def __init__(self, *streams: IO[str]) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
+@contextlib.contextmanager
+def report_to(out: Path, name: str) -> Iterator[Path]:
+    """Print to stdout and to ``out/name.txt`` as well; yields that path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.txt"
+    with (
+        open(path, "w", encoding="utf-8") as f,
+        contextlib.redirect_stdout(_Tee(sys.stdout, f)),
+    ):
+        yield path
+
+
+def write_json(path: Path, data: object) -> Path:
+    """Write ``data`` as indented JSON to ``path``; returns it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def out_help(name: str) -> str:
+    """The ``--out`` option's help text for script ``name``."""
+    return (
+        f"folder for {name}.txt, {name}.json and the like (default: results/ at the repository "
+        "root, results/quick/ with --quick; git ignores both)"
+    )
+
+
+def out_dir(out: Path | None, quick: bool) -> Path:
+    """``--out``, or the default for a full or a quick run."""
+    if out is not None:
+        return out
+    return DEFAULT_OUT / "quick" if quick else DEFAULT_OUT

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import math
 import os
 import select
@@ -38,27 +38,11 @@ from typing import Any
 
 import _common
 import bench_tasks
-from _common import CpuMeter, RedisTarget, WorkerProcess
+from _common import Calibration, CpuMeter, RedisTarget
 
 from aioqueue import Job, Queue
 
-DEFAULT_PLOT = _common.BENCH_DIR / "results" / "scaling.png"
-
-
-@dataclass
-class Calibration:
-    """The job's fixed cost: ``burn(iterations)`` takes ``compute_ms`` of CPU time here.
-
-    CPU time rather than elapsed time, so that other load on the machine while calibrating does
-    not shrink the job; ``wall_ms`` is the elapsed time of the same calls, for comparison.
-    """
-
-    iterations: int
-    compute_ms: float
-    wall_ms: float
-    target_ms: float
-    samples_ms: list[float]
-    checksum: int
+CPU_GROUPS = ("children", "supervisor", "producer", "redis")
 
 
 @dataclass
@@ -85,44 +69,6 @@ class Run:
     vs_bare: float
     cpu_ms_per_job: dict[str, float]
     others_cores: float
-
-
-def calibrate(target_ms: float, rounds: int) -> Calibration:
-    """Find ``iterations`` so that ``burn(iterations)`` takes about ``target_ms`` here."""
-    burn = bench_tasks.burn
-    iterations = 1000
-    deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline:
-        t = time.thread_time()
-        burn(iterations)
-        elapsed = time.thread_time() - t
-        if elapsed * 1000 >= target_ms / 4:
-            break
-        iterations *= 4
-    for _ in range(2):
-        samples, _ = _time_burn(iterations, rounds)
-        median = _common.percentile(samples, 50)
-        iterations = max(1, round(iterations * target_ms / median))
-    samples, walls = _time_burn(iterations, rounds)
-    return Calibration(
-        iterations=iterations,
-        compute_ms=_common.percentile(samples, 50),
-        wall_ms=_common.percentile(walls, 50),
-        target_ms=target_ms,
-        samples_ms=[round(s, 4) for s in samples],
-        checksum=burn(iterations),
-    )
-
-
-def _time_burn(iterations: int, rounds: int) -> tuple[list[float], list[float]]:
-    """CPU and elapsed milliseconds of ``rounds`` calls of ``burn(iterations)``."""
-    cpu, wall = [], []
-    for _ in range(rounds):
-        t, w = time.thread_time(), time.perf_counter()
-        bench_tasks.burn(iterations)
-        cpu.append((time.thread_time() - t) * 1000)
-        wall.append((time.perf_counter() - w) * 1000)
-    return cpu, wall
 
 
 def default_processes() -> list[int]:
@@ -170,23 +116,18 @@ async def run_one(
     log_dir: Path,
 ) -> Measured:
     """One run: start the workers, wait until registered, then time ``jobs`` jobs."""
-    children = _common.split_processes(processes, workers)
-    name = _common.fresh_queue_name("scaling")
-    queue = _common.make_queue(name, redis.url)
-    procs = [
-        WorkerProcess(name, redis.url, n, log_dir / f"worker-p{processes}-w{workers}-{i}.log")
-        for i, n in enumerate(children)
-    ]
+    children = _common.split(processes, workers)
     deadline = time.monotonic() + timeout
+    async with bench_tasks.fresh_queue(redis, "scaling") as queue:
+        with contextlib.ExitStack() as stack:
+            procs = [
+                stack.enter_context(bench_tasks.worker(queue, n, log_dir / f"worker-{n}-{i}.log"))
+                for i, n in enumerate(children)
+            ]
 
-    def check() -> None:
-        for w in procs:
-            w.check_alive()
-
-    try:
-        async with queue:
-            for w in procs:
-                w.start()
+            def check() -> None:
+                for w in procs:
+                    w.check_alive()
 
             async def all_registered() -> bool:
                 return (await queue.info()).workers >= workers
@@ -194,7 +135,7 @@ async def run_one(
             ready_s = await _common.wait_until(
                 all_registered,
                 max(deadline - time.monotonic(), 0.0),
-                f"{workers} worker(s) to register on queue {name}",
+                f"{workers} worker(s) to register on queue {queue.name}",
                 interval=0.02,
                 check=check,
             )
@@ -203,39 +144,31 @@ async def run_one(
                     "supervisor": [w.pid for w in procs],
                     "children": [c for w in procs for c in _common.child_pids(w.pid)],
                     "redis": [redis.pid] if redis.pid is not None else [],
+                    "producer": [os.getpid()],
                 }
-            )
+            ).start()
             bar = _common.Progress(jobs, f"{processes:>3}p/{workers}w", enabled=progress)
             latencies: list[float] = []
-            meter.start()
             t0 = time.perf_counter()
-            if window <= 0:
-                await _submit_all(queue, jobs, cal, deadline, latencies, bar, check)
-            else:
-                await _closed_loop(queue, jobs, window, cal, deadline, latencies, bar, check)
+            await _timed_jobs(queue, jobs, window, cal, deadline, latencies, bar, check)
             wall = time.perf_counter() - t0
             cpu = meter.stop()
             bar.update(len(latencies), force=True)
             bar.close()
-    finally:
-        for w in procs:
-            w.stop()
-        if not redis.private:
-            _common.cleanup_queue(redis.url, name)
     return Measured(wall, latencies, ready_s, children, cpu)
 
 
 _BARE = """
 import sys, time
 sys.path.insert(0, sys.argv[3])
-from bench_tasks import burn
+from _common import burn_loop
 n, k = int(sys.argv[1]), int(sys.argv[2])
-burn(n)
+burn_loop(n)
 sys.stdout.write("ready\\n"); sys.stdout.flush()
 sys.stdin.readline()
 t0 = time.time()
 for _ in range(k):
-    burn(n)
+    burn_loop(n)
 print(t0, time.time())
 """
 
@@ -243,7 +176,7 @@ print(t0, time.time())
 def bare(processes: int, jobs: int, cal: Calibration, timeout: float) -> float:
     """The machine's own rate: ``processes`` plain processes share ``jobs`` calls of ``burn``
     with no queue at all (started, warmed up, then released together); returns jobs/s."""
-    shares = _common.split_processes(jobs, processes) if jobs >= processes else [1] * processes
+    shares = _common.split(jobs, processes) if jobs >= processes else [1] * processes
     cmd = [sys.executable, "-c", _BARE, str(cal.iterations)]
     procs = [
         subprocess.Popen(
@@ -284,7 +217,7 @@ def _expect(value: int, cal: Calibration) -> None:
         raise RuntimeError(f"burn({cal.iterations}) returned {value}, expected {cal.checksum}")
 
 
-async def _closed_loop(
+async def _timed_jobs(
     queue: Queue,
     jobs: int,
     window: int,
@@ -294,7 +227,8 @@ async def _closed_loop(
     bar: _common.Progress,
     check: Callable[[], None],
 ) -> None:
-    """``window`` lanes, each submitting one job and awaiting its result, until ``jobs`` ran."""
+    """``window`` lanes, each submitting one job and awaiting its result, until ``jobs`` ran;
+    with ``window`` 0, every job in one ``submit_many``, then all results awaited."""
     remaining = jobs
 
     async def lane() -> None:
@@ -303,51 +237,24 @@ async def _closed_loop(
             remaining -= 1
             t = time.perf_counter()
             job = await queue.submit(bench_tasks.burn, cal.iterations)
-            _expect(await _result(job, deadline), cal)
-            latencies.append(time.perf_counter() - t)
-            bar.update(len(latencies))
+            await wait(job, t)
 
-    await _with_watch(asyncio.gather(*(lane() for _ in range(min(window, jobs)))), check)
-
-
-async def _submit_all(
-    queue: Queue,
-    jobs: int,
-    cal: Calibration,
-    deadline: float,
-    latencies: list[float],
-    bar: _common.Progress,
-    check: Callable[[], None],
-) -> None:
-    """Submit every job in one ``submit_many``, then await all results."""
-    t = time.perf_counter()
-    handles = await queue.submit_many(bench_tasks.burn, [(cal.iterations,)] * jobs)
-
-    async def wait(job: Job[int]) -> None:
+    async def wait(job: Job[int], t: float) -> None:
         _expect(await _result(job, deadline), cal)
         latencies.append(time.perf_counter() - t)
         bar.update(len(latencies))
 
-    await _with_watch(asyncio.gather(*(wait(j) for j in handles)), check)
+    if window > 0:
+        work = asyncio.gather(*(lane() for _ in range(min(window, jobs))))
+    else:
+        t = time.perf_counter()
+        handles = await queue.submit_many(bench_tasks.burn, [(cal.iterations,)] * jobs)
+        work = asyncio.gather(*(wait(job, t) for job in handles))
+    await _common.watch(work, check)
 
 
 async def _result(job: Job[int], deadline: float) -> int:
     return await job.result(timeout=max(deadline - time.monotonic(), 0.001))
-
-
-async def _with_watch(work: asyncio.Future[Any], check: Callable[[], None]) -> None:
-    """Await ``work`` while checking every 0.2 s that the workers are alive."""
-    try:
-        while True:
-            done, _ = await asyncio.wait({work}, timeout=0.2)
-            if done:
-                work.result()
-                return
-            check()
-    finally:
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
 
 
 def summarize(
@@ -366,7 +273,7 @@ def summarize(
     base_p, base_rate = baseline or (processes, rate)
     speedup = rate / base_rate * base_p
     lat_ms = [x * 1000 for x in m.latencies_s]
-    cpu = {k: v * 1000 / jobs for k, v in m.cpu_s.items() if k not in ("wall", "others")}
+    cpu = {k: m.cpu_s[k] * 1000 / jobs for k in CPU_GROUPS if k in m.cpu_s}
     return Run(
         processes=processes,
         workers=workers,
@@ -387,7 +294,7 @@ def summarize(
         bare_jobs_per_s=bare_rate,
         vs_bare=rate / bare_rate if bare_rate > 0 else float("nan"),
         cpu_ms_per_job=cpu,
-        others_cores=m.cpu_s.get("others", 0.0) / wall,
+        others_cores=m.cpu_s["others_cores"],
     )
 
 
@@ -480,36 +387,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--timeout",
         type=float,
-        default=300.0,
-        help="bound on each run, worker start-up included (default 300 s)",
+        default=None,
+        help="bound on each run, worker start-up included (default 300 s, 30 s with --quick)",
     )
-    p.add_argument(
-        "--plot",
-        type=Path,
-        default=DEFAULT_PLOT,
-        help="PNG to write (default benchmarks/results/scaling.png)",
-    )
+    p.add_argument("--out", type=Path, default=None, help=_common.out_help("scaling"))
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument(
         "--no-bare",
         action="store_true",
         help="skip the reference run of the same calls in plain processes, without the queue",
     )
-    p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="tiny everything (2 ms jobs, ~0.3 s runs): a smoke test",
+        help="tiny everything (1 ms jobs, ~0.1 s runs): a smoke test",
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.job_ms = min(args.job_ms, 2.0)
-        args.seconds = min(args.seconds, 0.3)
+        args.job_ms = min(args.job_ms, 1.0)
+        args.seconds = min(args.seconds, 0.1)
         if args.processes is None:
             args.processes = [1, 2]
     if args.processes is None:
         args.processes = default_processes()
+    if args.timeout is None:
+        args.timeout = 30.0 if args.quick else 300.0
+    args.out = _common.out_dir(args.out, args.quick)
     if args.workers < 1:
         p.error("--workers must be >= 1")
     if args.job_ms <= 0 or args.seconds <= 0 or args.timeout <= 0:
@@ -522,6 +426,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Calibrate, run every process count, report."""
     args = parse_args(argv)
+    with _common.report_to(args.out, "scaling") as report:
+        code = measure(args)
+        print(f"report: {report}")
+    return code
+
+
+def measure(args: argparse.Namespace) -> int:
+    """What :func:`main` does, its output going to the report."""
     counts = [n for n in args.processes if n >= args.workers]
     skipped = [n for n in args.processes if n < args.workers]
     if skipped:
@@ -529,20 +441,23 @@ def main(argv: list[str] | None = None) -> int:
     if not counts:
         print("nothing to run", file=sys.stderr)
         return 2
-    progress = not args.no_progress
     started = time.perf_counter()
 
-    cal = calibrate(args.job_ms, rounds=5 if args.quick else 9)
+    load = CpuMeter().start()
+    cal = _common.calibrate(args.job_ms, rounds=5 if args.quick else 9)
     print(
         f"calibration: burn({cal.iterations:,}) takes {cal.compute_ms:.2f} ms of CPU time "
         f"(median of {len(cal.samples_ms)}, target {cal.target_ms:g} ms; "
         f"{cal.wall_ms:.2f} ms elapsed) in this process"
     )
+    time.sleep(max(load.started_at + (0.1 if args.quick else 1.0) - time.perf_counter(), 0))
+    before = load.stop()
 
     with (
         _common.redis_url_or_private(args.redis_url) as redis,
         tempfile.TemporaryDirectory(prefix="aioq-scaling-") as tmp,
     ):
+        load.start()
         machine = _common.machine_info(redis.url)
         print(f"machine: {_common.describe_machine(machine)}")
         print(f"redis: {'private redis-server' if redis.private else redis.url}")
@@ -556,10 +471,9 @@ def main(argv: list[str] | None = None) -> int:
             jobs = args.jobs or max(n * math.ceil(args.seconds * 1000 / cal.compute_ms), 4 * n)
             window = args.window if args.window is not None else max(4 * n, 8)
             measured: Measured = _common.run_async(
-                run_one(
-                    redis, n, args.workers, jobs, window, cal, args.timeout, progress, Path(tmp)
-                )
-            )
+                run_one(redis, n, args.workers, jobs, window, cal, args.timeout,
+                        not args.no_progress, Path(tmp))
+            )  # fmt: skip
             bare_rate = bare(n, jobs, cal, args.timeout) if not args.no_bare else float("nan")
             run = summarize(n, args.workers, jobs, window, measured, bare_rate, cal, baseline)
             if baseline is None:
@@ -570,20 +484,29 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run.wall_s:.2f} s, {run.jobs_per_s:.1f} jobs/s (workers ready after "
                 f"{run.ready_s:.2f} s); bare processes: {bare_rate:.1f} jobs/s"
             )
+        during = load.stop()
 
     print()
     print_results(runs, cal)
+    print()
+    print(_common.load_verdict(before, during))
     if not args.no_plot:
-        print(plot(runs, args.plot, cal, machine))
-    if args.json:
-        write_json(args.json, runs, cal, machine, args)
-        print(f"json: {args.json}")
+        print(plot(runs, args.out / "scaling.png", cal, machine))
+    data = {
+        "benchmark": "scaling",
+        "machine": machine,
+        "calibration": asdict(cal),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "redis_url")},
+        "other_load": {"before": before, "during": during},
+        "runs": [asdict(r) for r in runs],
+    }
+    print(f"json: {_common.write_json(args.out / 'scaling.json', data)}")
     print(f"total time: {time.perf_counter() - started:.1f} s")
     return 0
 
 
 def print_results(runs: list[Run], cal: Calibration) -> None:
-    """The final table."""
+    """The final tables."""
     headers = ["processes", "workers", "jobs", "wall s", "jobs/s", "speedup", "ideal",
                "efficiency", "overhead ms/job", "p50 ms", "p99 ms", "bare jobs/s",
                "vs bare"]  # fmt: skip
@@ -601,39 +524,15 @@ def print_results(runs: list[Run], cal: Calibration) -> None:
     )
     print()
     print("CPU time per job by process (ms), and what the rest of the machine used meanwhile:")
-    groups = ["children", "supervisor", "producer", "redis"]
     _common.print_table(
-        ["processes", "workers", *[f"{g} ms" for g in groups], "sum ms", "other load (cores)"],
+        ["processes", "workers", *[f"{g} ms" for g in CPU_GROUPS], "sum ms",
+         "other load (cores)"],
         [
-            [r.processes, r.workers, *[r.cpu_ms_per_job.get(g, float("nan")) for g in groups],
+            [r.processes, r.workers, *[r.cpu_ms_per_job.get(g, float("nan")) for g in CPU_GROUPS],
              sum(r.cpu_ms_per_job.values()), r.others_cores]
             for r in runs
         ],
     )  # fmt: skip
-
-
-def write_json(
-    path: Path, runs: list[Run], cal: Calibration, machine: dict[str, Any], args: argparse.Namespace
-) -> None:
-    """One row per run, the calibration, the settings and the machine."""
-    data = {
-        "benchmark": "scaling",
-        "machine": machine,
-        "calibration": asdict(cal),
-        "settings": {
-            "job_ms": args.job_ms,
-            "jobs": args.jobs,
-            "seconds": args.seconds,
-            "window": args.window,
-            "workers": args.workers,
-            "processes": args.processes,
-            "quick": args.quick,
-            "timeout": args.timeout,
-        },
-        "runs": [asdict(r) for r in runs],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 What it runs (every queue is fresh, so its counters start at zero):
 
-* floor: the submit script for one job, called again and again with the same job id (after the
-  first call it changes nothing), awaited one at a time: the cost of one script round trip.
+* floor: ``submit`` of a job whose de-duplication key exists already, awaited one at a time: the
+  whole submit path and its one script round trip, with nothing written.
 * enqueue, no worker running: N no-op jobs (a) one awaited ``submit`` at a time, (b) from 64
   coroutines submitting concurrently, (c) in one ``submit_many``.
 * end to end, with a worker of 1 and of 2 processes: the same three modes, timed from the first
@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import _common
 import bench_tasks
-from _common import RedisTarget, WorkerProcess
+from _common import RedisTarget
 
 from aioqueue import Queue
 
@@ -76,7 +75,7 @@ class Sizes:
     def of(cls, quick: bool, scale: float) -> Sizes:
         """The default sizes, times ``scale``; ``quick`` makes them tiny."""
         base = (
-            cls(200, 200, 200, 300, 30, 200, 2000)
+            cls(100, 100, 100, 200, 20, 100, 1000)
             if quick
             else cls(5000, 5000, 3000, 10000, 500, 5000, 100_000)
         )
@@ -138,35 +137,28 @@ async def wait_completed(
 
 
 async def floor(redis: RedisTarget, n: int) -> Row:
-    """Rate of one submit-script round trip that changes nothing (the same job id each time)."""
-    name = _common.fresh_queue_name("tp-floor")
-    async with _common.make_queue(name, redis.url) as queue:
-        job = await queue.submit(bench_tasks.noop)
-        data = await queue.redis.hget(queue.keys.jobs, job.id)
-        k = queue.keys
-        keys = [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.result(job.id), k.jobs]
-        args = [job.id, data, 0, 0, "0"]
+    """Rate of submits that write nothing: the same de-duplication key again and again."""
+    async with bench_tasks.fresh_queue(redis, "tp-floor") as queue:
+        once = queue.options(key="floor")
+        await once.submit(bench_tasks.noop)
         t0 = time.perf_counter()
         for _ in range(n):
-            reply = await queue.scripts.call("submit", keys, args)
+            job = await once.submit(bench_tasks.noop)
         seconds = time.perf_counter() - t0
-        if int(reply[1]) != 0:
-            raise RuntimeError("the floor's submit call created a job: it was not a no-op")
-    _cleanup(redis, name)
-    return Row("floor", "submit script, 1 job, no-op repeat", 0, n, seconds, _rate(n, seconds))
+    if job.created:
+        raise RuntimeError("the floor's submit created a job: it was not a no-op")
+    return Row("floor", "submit of an existing key, no-op repeat", 0, n, seconds, _rate(n, seconds))
 
 
 async def enqueue_only(redis: RedisTarget, n: int) -> list[Row]:
     """Enqueue rate of each mode, with no worker running."""
     rows = []
     for mode in MODES:
-        name = _common.fresh_queue_name(f"tp-enq-{mode}")
-        async with _common.make_queue(name, redis.url) as queue:
+        async with bench_tasks.fresh_queue(redis, f"tp-enq-{mode}") as queue:
             seconds = await submit_jobs(queue, mode, n)
             pending = (await queue.info()).pending
-            if pending != n:
-                raise RuntimeError(f"{mode}: {pending} jobs pending after submitting {n}")
-        _cleanup(redis, name)
+        if pending != n:
+            raise RuntimeError(f"{mode}: {pending} jobs pending after submitting {n}")
         rows.append(Row("enqueue", MODE_TEXT[mode], 0, n, seconds, _rate(n, seconds)))
     return rows
 
@@ -175,12 +167,10 @@ async def with_worker(
     redis: RedisTarget, processes: int, sizes: Sizes, timeout: float, log_dir: Path
 ) -> tuple[list[Row], dict[str, Any]]:
     """End to end in each mode, then latency idle and under load, then memory: one worker."""
-    name = _common.fresh_queue_name(f"tp-e2e-p{processes}")
-    worker = WorkerProcess(name, redis.url, processes, log_dir / f"e2e-p{processes}.log")
     rows: list[Row] = []
-    try:
-        async with _common.make_queue(name, redis.url) as queue:
-            worker.start()
+    async with bench_tasks.fresh_queue(redis, f"tp-e2e-p{processes}") as queue:
+        log = log_dir / f"e2e-p{processes}.log"
+        with bench_tasks.worker(queue, processes, log) as worker:
 
             async def registered() -> bool:
                 return (await queue.info()).workers >= 1
@@ -207,9 +197,6 @@ async def with_worker(
                 _latency_row(f"under load, {CONCURRENCY} clients submit+await", processes, loaded)
             )
             memory = worker.memory()
-    finally:
-        worker.stop()
-        _cleanup(redis, name)
     return rows, memory
 
 
@@ -247,38 +234,19 @@ async def latencies(
             samples.append(time.perf_counter() - t)
 
     t0 = time.perf_counter()
-    await _watch(asyncio.gather(*(lane() for _ in range(min(clients, n)))), check)
+    await _common.watch(asyncio.gather(*(lane() for _ in range(min(clients, n)))), check)
     return time.perf_counter() - t0, samples
-
-
-async def _watch(work: Awaitable[Any], check: Callable[[], None]) -> None:
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.2)
-            if done:
-                task.result()
-                return
-            check()
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def processing(
     redis: RedisTarget, processes: int, n: int, timeout: float, log_dir: Path, prefetch: int = 0
 ) -> Row:
     """Enqueue ``n`` no-op jobs, then start a worker and time it through them."""
-    name = _common.fresh_queue_name(f"tp-proc-p{processes}-f{prefetch}")
-    worker = WorkerProcess(
-        name, redis.url, processes, log_dir / f"proc-p{processes}-f{prefetch}.log",
-        ["--prefetch", str(prefetch)] if prefetch else [],
-    )  # fmt: skip
-    try:
-        async with _common.make_queue(name, redis.url) as queue:
-            await submit_jobs(queue, "bulk", n)
-            worker.start()
+    async with bench_tasks.fresh_queue(redis, f"tp-proc-p{processes}-f{prefetch}") as queue:
+        await submit_jobs(queue, "bulk", n)
+        log = log_dir / f"proc-p{processes}-f{prefetch}.log"
+        flags = ["--prefetch", str(prefetch)] if prefetch else []
+        with bench_tasks.worker(queue, processes, log, flags) as worker:
             t_start = time.perf_counter()
             first: tuple[float, int] | None = None
 
@@ -293,9 +261,6 @@ async def processing(
                 all_done, timeout, f"{n} completed jobs", interval=0.002, check=worker.check_alive
             )
             t_end = time.perf_counter()
-    finally:
-        worker.stop()
-        _cleanup(redis, name)
     assert first is not None
     t_first, c_first = first
     seconds = t_end - t_first
@@ -309,11 +274,6 @@ async def processing(
         _rate(n - c_first, seconds),
         extra={"with_startup_s": t_end - t_start, "with_startup_per_s": _rate(n, t_end - t_start)},
     )
-
-
-def _cleanup(redis: RedisTarget, name: str) -> None:
-    if not redis.private:
-        _common.cleanup_queue(redis.url, name)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -331,7 +291,7 @@ def print_report(rows: list[Row], memory: dict[int, dict[str, Any]], floor_row: 
     )  # fmt: skip
     seq = next(r for r in rows if r.section == "enqueue" and r.case == MODE_TEXT["sequential"])
     print(
-        f"\nfloor: {floor_row.per_s:,.0f} script round trips/s; one awaited submit() at a time "
+        f"\nfloor: {floor_row.per_s:,.0f} no-op submits/s; one awaited submit() at a time "
         f"reaches {seq.per_s:,.0f} jobs/s = {seq.per_s / floor_row.per_s * 100:.0f}% of it "
         f"(ratio {seq.per_s / floor_row.per_s:.2f})"
     )
@@ -360,8 +320,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redis-url", help="use this Redis (default: start a private redis-server)")
     p.add_argument(
         "--processes",
-        default="1,2",
-        help="worker process counts for the end-to-end and processing runs (default 1,2)",
+        default=None,
+        help="worker process counts for the end-to-end and processing runs; the long run uses "
+        "the largest (default 1,2; 1 with --quick)",
     )
     p.add_argument(
         "--scale", type=float, default=1.0, help="multiply every job count by this (default 1)"
@@ -369,9 +330,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--timeout", type=float, default=120.0, help="bound on each wait (default 120 s)"
     )
-    p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--out", type=Path, default=None, help=_common.out_help("throughput"))
     p.add_argument("--quick", action="store_true", help="tiny job counts: a smoke test")
     args = p.parse_args(argv)
+    args.out = _common.out_dir(args.out, args.quick)
+    args.processes = args.processes or ("1" if args.quick else "1,2")
     try:
         args.processes = sorted({int(x) for x in args.processes.split(",") if x.strip()})
     except ValueError:
@@ -388,7 +351,7 @@ async def run_all(
 ) -> tuple[Row, list[Row], dict[int, dict[str, Any]], dict[str, Any]]:
     """Every part, in order."""
     floor_row = await floor(redis, sizes.floor)
-    print(f"  floor: {floor_row.per_s:,.0f} round trips/s", flush=True)
+    print(f"  floor: {floor_row.per_s:,.0f} no-op submits/s", flush=True)
     rows = await enqueue_only(redis, sizes.enqueue)
     print("  enqueue: " + ", ".join(f"{r.per_s:,.0f}/s" for r in rows), flush=True)
     memory: dict[int, dict[str, Any]] = {}
@@ -402,18 +365,18 @@ async def run_all(
                 await processing(redis, n, sizes.processing, args.timeout, log_dir, prefetch)
             )
             print(f"  processing: {rows[-1].case}, {n} process(es): {rows[-1].per_s:,.0f} jobs/s")
-    long_run = await long_run_rss(redis, sizes.long_run, args.timeout, log_dir)
+    long_run = await long_run_rss(redis, max(args.processes), sizes.long_run, args.timeout, log_dir)
     return floor_row, rows, memory, long_run
 
 
-async def long_run_rss(redis: RedisTarget, n: int, timeout: float, log_dir: Path) -> dict[str, Any]:
-    """Run ``n`` no-op jobs through 2 processes; the supervisor's RSS after 10% and at the end."""
-    name = _common.fresh_queue_name("tp-rss")
-    worker = WorkerProcess(name, redis.url, 2, log_dir / "rss.log", ["--prefetch", str(PREFETCH)])
+async def long_run_rss(
+    redis: RedisTarget, processes: int, n: int, timeout: float, log_dir: Path
+) -> dict[str, Any]:
+    """Run ``n`` no-op jobs through a worker; the supervisor's RSS after 10,000 and at the end."""
     samples: list[tuple[int, int]] = []
-    try:
-        async with _common.make_queue(name, redis.url) as queue:
-            worker.start()
+    async with bench_tasks.fresh_queue(redis, "tp-rss") as queue:
+        flags = ["--prefetch", str(PREFETCH)]
+        with bench_tasks.worker(queue, processes, log_dir / "rss.log", flags) as worker:
             for i in range(0, n, 10_000):
                 await submit_jobs(queue, "bulk", min(10_000, n - i))
                 done = min(i + 10_000, n)
@@ -423,12 +386,10 @@ async def long_run_rss(redis: RedisTarget, n: int, timeout: float, log_dir: Path
 
                 await _common.wait_until(caught_up, timeout, "jobs", check=worker.check_alive)
                 samples.append((done, worker.memory()["supervisor_rss_kib"]))
-    finally:
-        worker.stop()
-        _cleanup(redis, name)
     first = samples[0][1] if samples else 0
     return {
         "jobs": n,
+        "processes": processes,
         "supervisor_rss_kib_first": first,
         "supervisor_rss_kib_last": samples[-1][1] if samples else 0,
         "samples": samples,
@@ -438,12 +399,24 @@ async def long_run_rss(redis: RedisTarget, n: int, timeout: float, log_dir: Path
 def main(argv: list[str] | None = None) -> int:
     """Run every part and report."""
     args = parse_args(argv)
+    with _common.report_to(args.out, "throughput") as report:
+        measure(args)
+        print(f"report: {report}")
+    return 0
+
+
+def measure(args: argparse.Namespace) -> None:
+    """What :func:`main` does, its output going to the report."""
     sizes = Sizes.of(args.quick, args.scale)
     started = time.perf_counter()
+    before = _common.CpuMeter().start()
+    time.sleep(0.1 if args.quick else 1.0)  # a look at the machine before anything starts
+    before_used = before.stop()
     with (
         _common.redis_url_or_private(args.redis_url) as redis,
         tempfile.TemporaryDirectory(prefix="aioq-throughput-") as tmp,
     ):
+        during = _common.CpuMeter().start()
         machine = _common.machine_info(redis.url)
         print(f"machine: {_common.describe_machine(machine)}")
         print(f"redis: {'private redis-server' if redis.private else redis.url}")
@@ -451,29 +424,30 @@ def main(argv: list[str] | None = None) -> int:
         floor_row, rows, memory, long_run = _common.run_async(
             run_all(redis, args, sizes, Path(tmp))
         )
+        during_used = during.stop()
     print()
     print_report(rows, memory, floor_row)
     first, last = long_run["supervisor_rss_kib_first"], long_run["supervisor_rss_kib_last"]
     print(
-        f"long run: {long_run['jobs']:,} no-op jobs through 2 processes (--prefetch {PREFETCH}); "
+        f"long run: {long_run['jobs']:,} no-op jobs through {long_run['processes']} process(es) "
+        f"(--prefetch {PREFETCH}); "
         f"supervisor RSS {first / 1024:.1f} MiB after the first 10,000, "
         f"{last / 1024:.1f} MiB at the end"
     )
-    if args.json:
-        data = {
-            "benchmark": "throughput",
-            "machine": machine,
-            "sizes": asdict(sizes),
-            "floor": asdict(floor_row),
-            "rows": [asdict(r) for r in rows],
-            "memory": {str(k): v for k, v in memory.items()},
-            "long_run": long_run,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
-        print(f"json: {args.json}")
+    print()
+    print(_common.load_verdict(before_used, during_used))
+    data = {
+        "benchmark": "throughput",
+        "machine": machine,
+        "sizes": asdict(sizes),
+        "other_load": {"before": before_used, "during": during_used},
+        "floor": asdict(floor_row),
+        "rows": [asdict(r) for r in rows],
+        "memory": {str(k): v for k, v in memory.items()},
+        "long_run": long_run,
+    }
+    print(f"json: {_common.write_json(args.out / 'throughput.json', data)}")
     print(f"total time: {time.perf_counter() - started:.1f} s")
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ coroutine (arq's model for CPU work without an executor). ``best`` lowers ``poll
 
 from __future__ import annotations
 
-import time
 from typing import Any, ClassVar
 
 import common
@@ -67,15 +66,9 @@ async def enqueue(spec: common.EnqueueSpec) -> common.Enqueued:
     pool = await create_pool(RedisSettings.from_dsn(common.redis_url()))
     try:
         await pool.ping()
-        start = time.perf_counter()
-        if spec.bulk:
-            await common.run_bounded(lambda: pool.enqueue_job(spec.task, *spec.args), spec.n, 64)
-            mode = "enqueue_job x 64 concurrent coroutines (no bulk API)"
-        else:
-            for _ in range(spec.n):
-                await pool.enqueue_job(spec.task, *spec.args)
-            mode = "sequential await enqueue_job()"
-        return common.Enqueued(mode, time.perf_counter() - start)
+        return await common.enqueue_each(
+            spec, lambda: pool.enqueue_job(spec.task, *spec.args), "enqueue_job"
+        )
     finally:
         await pool.aclose()
 

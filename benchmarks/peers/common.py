@@ -1,7 +1,8 @@
 """Shared runtime for the peers benchmark: the CPU job, completion counting, and the cell runner.
 
 This module is imported by every ``<name>_bench.py`` adapter, inside that peer's own virtualenv and
-inside its worker processes, so it depends only on the standard library and ``redis`` (redis-py).
+inside its worker processes, so it depends only on the standard library, ``redis`` (redis-py) and
+the benchmarks' shared module ``benchmarks/_common.py`` (standard library only).
 
 Run as a script it executes one benchmark *cell* (one framework, one settings variant, one
 workload, one worker-process count) against the Redis at ``BENCH_REDIS_URL`` and prints a single
@@ -27,8 +28,6 @@ import importlib
 import importlib.metadata
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,8 +40,13 @@ import redis
 import redis.asyncio as aioredis
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))  # the benchmarks' shared module, standard library only
+
+import _common  # noqa: E402
+from _common import burn_loop  # noqa: E402, F401 - the adapters' CPU job
+
 COUNTER_DEFAULT = "bench:done"
-POLL_INTERVAL_S = 0.005
+POLL_S = 0.005
 WORKLOADS = ("enqueue", "noop", "cpu")
 
 
@@ -72,45 +76,6 @@ def variant() -> str:
 def workload() -> str:
     """The workload the current process belongs to (``enqueue``, ``noop`` or ``cpu``)."""
     return os.environ.get("BENCH_WORKLOAD", "noop")
-
-
-def burn_loop(iterations: int) -> int:
-    """The CPU-bound job body: a pure-Python integer loop, identical for every framework."""
-    acc = 0
-    for i in range(iterations):
-        acc = (acc * 31 + i) % 1_000_003
-    return acc
-
-
-def calibrate(target_s: float = 0.020, rounds: int = 5) -> tuple[int, float]:
-    """Find the iteration count that makes :func:`burn_loop` take about ``target_s`` seconds.
-
-    :returns: ``(iterations, measured_seconds)`` where the measurement is the median of ``rounds``.
-    """
-    iterations = 10_000
-    deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline:
-        start = time.perf_counter()
-        burn_loop(iterations)
-        elapsed = time.perf_counter() - start
-        if elapsed >= target_s / 4:
-            iterations = max(1, int(iterations * target_s / elapsed))
-            break
-        iterations *= 4
-    samples: list[float] = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        burn_loop(iterations)
-        samples.append(time.perf_counter() - start)
-    samples.sort()
-    iterations = max(1, int(iterations * target_s / samples[len(samples) // 2]))
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        burn_loop(iterations)
-        samples.append(time.perf_counter() - start)
-    samples.sort()
-    return iterations, samples[len(samples) // 2]
 
 
 COUNT_LUA = """
@@ -169,6 +134,22 @@ async def run_bounded(make: Callable[[], Awaitable[object]], n: int, concurrency
     await asyncio.gather(*(lane() for _ in range(min(concurrency, n))))
 
 
+async def enqueue_each(
+    spec: EnqueueSpec, make: Callable[[], Awaitable[object]], call: str
+) -> Enqueued:
+    """Enqueue ``spec.n`` jobs with ``make()`` (the framework's ``call``), timed: from 64
+    concurrent coroutines for the best figure, else one awaited call at a time."""
+    start = time.perf_counter()
+    if spec.bulk:
+        await run_bounded(make, spec.n, 64)
+        mode = f"{call} x 64 concurrent coroutines (no bulk API)"
+    else:
+        for _ in range(spec.n):
+            await make()
+        mode = f"sequential await {call}()"
+    return Enqueued(mode, time.perf_counter() - start)
+
+
 @dataclasses.dataclass(frozen=True)
 class EnqueueSpec:
     """What an adapter must enqueue: ``n`` jobs of ``task`` (``noop`` or ``burn``) with ``args``."""
@@ -205,36 +186,6 @@ class Adapter(Protocol):
     def worker_commands(self, processes: int, variant: str, workload: str) -> list[list[str]]: ...
 
 
-def _proc_children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    return children
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid``, all its descendants, and its process group (best effort)."""
-    children = _proc_children()
-    victims = [pid]
-    index = 0
-    while index < len(victims):
-        victims.extend(children.get(victims[index], []))
-        index += 1
-    for victim in victims:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(victim, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def error_line(text: str) -> str:
     """The most telling single line of an error output (the exception line of a traceback)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -253,39 +204,6 @@ def _run_maybe_async(value: Enqueued | Awaitable[Enqueued]) -> Enqueued:
     if isinstance(value, Enqueued):
         return value
     return asyncio.run(_wait(value))
-
-
-@dataclasses.dataclass
-class _Worker:
-    cmd: list[str]
-    proc: subprocess.Popen[bytes]
-    stderr_path: Path
-
-
-def _start_workers(cmds: Sequence[list[str]], env: dict[str, str], logdir: Path) -> list[_Worker]:
-    workers: list[_Worker] = []
-    for index, cmd in enumerate(cmds):
-        stderr_path = logdir / f"worker-{index}.log"
-        with stderr_path.open("wb") as err:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=str(BENCH_DIR),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        workers.append(_Worker(cmd, proc, stderr_path))
-    return workers
-
-
-def _stop_workers(workers: Sequence[_Worker]) -> None:
-    for worker in workers:
-        kill_tree(worker.proc.pid)
-    for worker in workers:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.proc.wait(10)
 
 
 def _float(value: bytes | None) -> float | None:
@@ -349,34 +267,45 @@ def _process(
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH", "")) if p
     )
+
+    def count() -> int:
+        return int(client.get(key) or 0)
+
+    async def reach_n(within: float, check: Callable[[], None] | None = None) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await _common.wait_until(
+                lambda: count() >= args.n, within, "completions", interval=POLL_S, check=check
+            )
+        return count() >= args.n
+
     with tempfile.TemporaryDirectory(prefix="aioq-peer-") as tmp:
         started = time.time()
-        deadline = time.monotonic() + args.timeout
-        workers = _start_workers(cmds, env, Path(tmp))
-        done = 0
+        meter = _common.CpuMeter().start()
+        workers = [
+            _common.Worker(cmd, Path(tmp) / f"worker-{i}.log", env=env, cwd=BENCH_DIR).start()
+            for i, cmd in enumerate(cmds)
+        ]
+
+        def check() -> None:
+            for worker in workers:
+                worker.check_alive()
+
         failure: str | None = None
         try:
-            while time.monotonic() < deadline:
-                done = int(client.get(key) or 0)
-                if done >= args.n:
-                    break
-                exited = [w for w in workers if w.proc.poll() is not None]
-                if exited:
-                    time.sleep(0.5)
-                    done = int(client.get(key) or 0)
-                    if done >= args.n:
-                        break
-                    worker = exited[0]
-                    text = worker.stderr_path.read_text(errors="replace")
-                    failure = (
-                        f"worker exited with code {worker.proc.returncode} at {done}/{args.n}: "
-                        f"{error_line(text) or '(no output)'}"
-                    )
-                    break
-                time.sleep(POLL_INTERVAL_S)
+            asyncio.run(reach_n(args.timeout, check))
+        except RuntimeError:  # a worker exited: a burst worker may do so as it finishes
+            if not asyncio.run(reach_n(0.5)):
+                gone = next(w for w in workers if w.exited is not None)
+                failure = (
+                    f"worker exited with code {gone.exited} at "
+                    f"{count()}/{args.n}: {error_line(gone.log_tail()) or '(no output)'}"
+                )
         finally:
-            _stop_workers(workers)
-        tail = "\n".join(w.stderr_path.read_text(errors="replace")[-2000:] for w in workers)
+            result["load"] = meter.stop()
+            for worker in workers:
+                worker.stop(grace=0)
+        done = count()
+        tail = "\n".join(w.log_tail() for w in workers)
     first = _float(cast(bytes | None, client.get(f"{key}:first")))
     last = _float(cast(bytes | None, client.get(f"{key}:last")))
     final = int(client.get(key) or 0)

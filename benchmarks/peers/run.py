@@ -3,7 +3,7 @@
 One command runs every framework against the same private ``redis-server`` on this machine::
 
     python benchmarks/peers/run.py [--n 2000] [--cpu-n 200] [--peers arq,saq] [--repeat 1]
-        [--timeout 120] [--json out.json] [--quick]
+        [--timeout 120] [--out DIR] [--quick]
 
 For each framework and settings variant it measures
 
@@ -18,7 +18,8 @@ Every job ``INCR``\\s a counter on the same Redis and throughput is measured fro
 completion to the ``N``-th (see ``common.py``). Each peer runs from its own virtualenv, created
 under ``--cache-dir`` and installed from PyPI with the pinned versions in :data:`PEERS`; aioqueue
 runs from the interpreter running this script. Every cell has a time limit; failures and time-outs
-are reported in the table, never dropped.
+are reported in the table, never dropped. The report and the raw figures go to ``--out``
+(``peers.txt``, ``peers.json``), with a sentence on whether other load on the machine spoiled them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import ast
 import concurrent.futures
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
@@ -45,6 +45,7 @@ REPO_ROOT = BENCH_DIR.parents[1]
 sys.path.insert(0, str(BENCH_DIR))
 
 import common  # noqa: E402
+from common import _common  # noqa: E402
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("enqueue", "enqueue", 0),
@@ -83,23 +84,6 @@ PEERS: dict[str, PeerSpec] = {
 def log(message: str) -> None:
     """Progress goes to stderr so stdout holds only the report."""
     print(message, file=sys.stderr, flush=True)
-
-
-def load_redis_server() -> Any:
-    """``aioqueue.testing.RedisServer``, loaded from its file if the package cannot be imported."""
-    try:
-        from aioqueue.testing import RedisServer
-
-        return RedisServer
-    except Exception:
-        path = REPO_ROOT / "aioqueue" / "testing.py"
-        spec = importlib.util.spec_from_file_location("_aioqueue_testing", path)
-        if spec is None or spec.loader is None:
-            raise
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module.RedisServer
 
 
 @dataclasses.dataclass
@@ -196,7 +180,9 @@ def run_cell(
     """Run one cell in the peer's interpreter, under a hard time limit."""
     env = dict(os.environ)
     env.update(BENCH_REDIS_URL=url, BENCH_COUNTER=common.COUNTER_DEFAULT)
-    env["PYTHONPATH"] = str(REPO_ROOT) if name == "aioqueue" else ""
+    # aioqueue: what the driver itself would import, else the source tree; a peer: its venv only
+    here = [os.environ.get("PYTHONPATH", ""), str(REPO_ROOT)] if name == "aioqueue" else []
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, here))
     cmd = [python, str(BENCH_DIR / "common.py"), "--adapter", f"{name}_bench"]
     cmd += ["--variant", variant, "--workload", workload, "--processes", str(processes)]
     cmd += ["--n", str(n), "--iterations", str(iterations), "--timeout", str(timeout)]
@@ -222,7 +208,7 @@ def run_cell(
     try:
         out, err = proc.communicate(timeout=hard_limit)
     except subprocess.TimeoutExpired:
-        common.kill_tree(proc.pid)
+        _common.kill_tree(proc.pid)
         proc.communicate()
         record.update(status="timeout", error=f"cell exceeded its hard limit of {hard_limit:g}s")
         return record
@@ -245,30 +231,6 @@ def best_of(tries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return cell
 
 
-def machine_info(url: str) -> dict[str, Any]:
-    """CPU model, core count, Python and Redis versions."""
-    import redis
-
-    model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    client = redis.Redis.from_url(url)
-    try:
-        redis_version = str(client.info("server").get("redis_version", "unknown"))
-    finally:
-        client.close()
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "redis_server": redis_version,
-        "platform": platform.platform(),
-    }
-
-
 def fmt_rate(cell: dict[str, Any] | None) -> str:
     """A table entry: the rate, or what went wrong."""
     if cell is None:
@@ -279,19 +241,6 @@ def fmt_rate(cell: dict[str, Any] | None) -> str:
         partial = cell.get("partial_rate")
         return f"TIMEOUT(~{partial:,.0f})" if partial else "TIMEOUT"
     return "FAILED"
-
-
-def render(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain fixed-width text table."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    lines = [
-        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
-        "  ".join("-" * w for w in widths),
-    ]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
 
 
 @dataclasses.dataclass
@@ -350,7 +299,7 @@ def report(rows: Sequence[Row], machine: dict[str, Any], config: dict[str, Any])
         + [row.status()]
         for row in rows
     ]
-    out.append(render(headers, table))
+    out.append(_common.format_table(headers, table))
     out.append("")
     out.append("Settings per row (P = worker processes of the column):")
     for row in rows:
@@ -380,11 +329,12 @@ def report(rows: Sequence[Row], machine: dict[str, Any], config: dict[str, Any])
             ]
             for row in others
         ]
-        out.append(render(["peer", "settings", *[c for c, _, _ in COLUMNS]], ratio_rows))
+        out.append(
+            _common.format_table(["peer", "settings", *[c for c, _, _ in COLUMNS]], ratio_rows)
+        )
     out += [
         "",
-        "Machine: {cpu}; {cores} cores; Python {python}; Redis server {redis_server}; "
-        "{platform}".format(**machine),
+        f"Machine: {_common.describe_machine(machine)}",
         "Workload: {n} no-op jobs; {cpu_n} CPU jobs of burn_loop({iterations}) = {cpu_ms:.1f} ms "
         "each (calibrated); time limit {timeout:g}s per cell; best of {repeat} run(s) per cell; "
         "throughput measured from the first completion to the last.".format(**config),
@@ -409,7 +359,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per cell; the fastest successful one is kept"
     )
-    parser.add_argument("--json", type=Path, help="save raw figures to this file")
+    parser.add_argument("--out", type=Path, default=None, help=_common.out_help("peers"))
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -423,7 +373,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: tiny N, short time limits, aioqueue only unless --peers is given",
+        help="smoke run: tiny N, short time limits, 1-process columns only, aioqueue only "
+        "unless --peers is given",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -433,6 +384,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.timeout = min(args.timeout, 15.0)
         args.variants, args.repeat = "best", 1
     args.repeat = max(1, args.repeat)
+    args.out = _common.out_dir(args.out, args.quick)
     return args
 
 
@@ -447,16 +399,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     names = sorted(names, key=list(PEERS).index)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    columns = [c for c in COLUMNS if not args.quick or c[2] <= 1]
 
     installed = install_all(names, args.cache_dir.expanduser(), args.install_timeout)
-    iterations, cpu_s = common.calibrate(args.cpu_ms / 1000.0)
-    log(f"[calibrate] burn_loop({iterations}) takes {cpu_s * 1000:.1f} ms on this machine")
+    meter = _common.CpuMeter().start()
+    cal = _common.calibrate(args.cpu_ms)
+    log(f"[calibrate] burn_loop({cal.iterations}) takes {cal.compute_ms:.1f} ms on this machine")
+    time.sleep(max(meter.started_at + (0.1 if args.quick else 1.0) - time.perf_counter(), 0))
+    before = meter.stop()
 
-    server_cls = load_redis_server()
     rows: list[Row] = []
-    with server_cls() as server:
-        url = str(server.url)
-        machine = machine_info(url)
+    with _common.redis_url_or_private(None) as server:
+        machine = _common.machine_info(server.url)
         for name in names:
             inst = installed[name]
             if inst.python is None:
@@ -471,22 +425,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for variant in chosen:
                 row = Row(name, variant, version)
                 rows.append(row)
-                for column, workload, processes in COLUMNS:
+                for column, workload, processes in columns:
                     n = args.cpu_n if workload == "cpu" else args.n
                     tries = [
-                        run_cell(
-                            inst.python,
-                            name,
-                            variant,
-                            workload,
-                            max(processes, 1),
-                            n,
-                            iterations,
-                            args.timeout,
-                            url,
-                        )
+                        run_cell(inst.python, name, variant, workload, max(processes, 1), n,
+                                 cal.iterations, args.timeout, server.url)
                         for _ in range(args.repeat)
-                    ]
+                    ]  # fmt: skip
                     cell = best_of(tries)
                     cell["column"] = column
                     row.cells[column] = cell
@@ -496,40 +441,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {
         "n": args.n,
         "cpu_n": args.cpu_n,
-        "iterations": iterations,
-        "cpu_ms": cpu_s * 1000,
+        "iterations": cal.iterations,
+        "cpu_ms": cal.compute_ms,
         "timeout": args.timeout,
         "repeat": args.repeat,
     }
+    during = cells_load(rows)
     total = time.monotonic() - started
-    print(report(rows, machine, config))
-    print(f"Total run time: {total:.0f}s")
-    if args.json:
-        payload = {
-            "machine": machine,
-            "config": config,
-            "total_s": total,
-            "installs": {
-                name: {
-                    "requirements": list(PEERS[name].requirements),
-                    "error": inst.error,
-                    "python": "venv" if PEERS[name].requirements else "driver interpreter",
-                }
-                for name, inst in installed.items()
-            },
-            "rows": [
-                {
-                    "framework": row.name,
-                    "variant": row.variant,
-                    "version": row.version,
-                    "install_error": row.install_error,
-                    "cells": row.cells,
-                }
-                for row in rows
-            ],
-        }
-        args.json.write_text(json.dumps(payload, indent=2))
+    with _common.report_to(args.out, "peers") as text:
+        print(report(rows, machine, config))
+        print(_common.load_verdict(before, during))
+        print(f"Total run time: {total:.0f}s")
+    payload = {
+        "machine": machine,
+        "config": config,
+        "other_load": {"before": before, "during": during},
+        "total_s": total,
+        "installs": {
+            name: {
+                "requirements": list(PEERS[name].requirements),
+                "error": inst.error,
+                "python": "venv" if PEERS[name].requirements else "driver interpreter",
+            }
+            for name, inst in installed.items()
+        },
+        "rows": [
+            {
+                "framework": row.name,
+                "variant": row.variant,
+                "version": row.version,
+                "install_error": row.install_error,
+                "cells": row.cells,
+            }
+            for row in rows
+        ],
+    }
+    log(f"report: {text}; json: {_common.write_json(args.out / 'peers.json', payload)}")
     return 0
+
+
+def cells_load(rows: Sequence[Row]) -> dict[str, float]:
+    """Other processes' CPU while the cells' workers ran, summed over every cell."""
+    loads = [cell["load"] for row in rows for cell in row.cells.values() if "load" in cell]
+    total = {k: sum(load[k] for load in loads) for k in ("others", "wall", "noise_s")}
+    total["others_cores"] = total["others"] / total["wall"] if total["wall"] else 0.0
+    return total
 
 
 def peer_variants(name: str) -> list[str]:

@@ -8,7 +8,6 @@ and the default logging.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import common
@@ -57,15 +56,9 @@ async def enqueue(spec: common.EnqueueSpec) -> common.Enqueued:
     kwargs = {"iterations": spec.args[0]} if spec.task == "burn" else {}
     await queue.connect()
     try:
-        start = time.perf_counter()
-        if spec.bulk:
-            await common.run_bounded(lambda: queue.enqueue(spec.task, **kwargs), spec.n, 64)
-            mode = "enqueue x 64 concurrent coroutines (no bulk API)"
-        else:
-            for _ in range(spec.n):
-                await queue.enqueue(spec.task, **kwargs)
-            mode = "sequential await enqueue()"
-        return common.Enqueued(mode, time.perf_counter() - start)
+        return await common.enqueue_each(
+            spec, lambda: queue.enqueue(spec.task, **kwargs), "enqueue"
+        )
     finally:
         await queue.disconnect()
 

@@ -9,8 +9,6 @@ by the producer before enqueueing, so jobs enqueued before the workers start are
 
 from __future__ import annotations
 
-import time
-
 import common
 from taskiq_redis import RedisStreamBroker
 
@@ -53,15 +51,7 @@ async def enqueue(spec: common.EnqueueSpec) -> common.Enqueued:
     task = burn if spec.task == "burn" else noop
     await broker.startup()
     try:
-        start = time.perf_counter()
-        if spec.bulk:
-            await common.run_bounded(lambda: task.kiq(*spec.args), spec.n, 64)
-            mode = "kiq x 64 concurrent coroutines (no bulk API)"
-        else:
-            for _ in range(spec.n):
-                await task.kiq(*spec.args)
-            mode = "sequential await kiq()"
-        return common.Enqueued(mode, time.perf_counter() - start)
+        return await common.enqueue_each(spec, lambda: task.kiq(*spec.args), "kiq")
     finally:
         await broker.shutdown()
 
