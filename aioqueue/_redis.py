@@ -5,14 +5,25 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis import exceptions as rex
+from redis.asyncio.connection import parse_url
 
-from .errors import RedisOutOfMemory, RedisUnavailable
+from .errors import AioqueueError, InvalidOptions, RedisOutOfMemory, RedisRefused, RedisUnavailable
 
-__all__ = ("call_redis", "is_transient", "safe_url", "to_str")
+__all__ = (
+    "SCHEMES",
+    "as_error",
+    "call_redis",
+    "check_url",
+    "is_transient",
+    "safe_url",
+    "to_str",
+)
 
 TRANSIENT = (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError)
+SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def safe_url(url: str) -> str:
@@ -30,21 +41,55 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT)
 
 
+def check_url(url: str) -> str:
+    """Return ``url`` if the Redis client accepts it.
+
+    :raises InvalidOptions: naming the URL (password hidden) and what is wrong with it.
+    """
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise InvalidOptions(
+            f"redis_url {safe_url(str(url))!r} is not a Redis URL: "
+            f"use one of the schemes {', '.join(SCHEMES)}"
+        )
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise InvalidOptions(f"redis_url {safe_url(url)!r} is invalid: {exc}") from None
+    return url
+
+
+def as_error(exc: Exception, url: str) -> Exception:
+    """aioqueue's error for a Redis client error (any other exception is returned as is)."""
+    where = f"Redis at {safe_url(url)}"
+    if isinstance(exc, rex.ResponseError):
+        # Redis 7 replies OOM (redis-py's OutOfMemoryError); a script on Redis 6 wraps it
+        if isinstance(exc, rex.OutOfMemoryError) or "OOM command not allowed" in str(exc):
+            return RedisOutOfMemory(
+                f"{where} is out of memory (maxmemory reached): {exc}; nothing was written"
+            )
+        return RedisRefused(f"{where} refused a command: {exc}")
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
+        return RedisUnavailable(f"{where} refused the credentials: {type(exc).__name__}: {exc}")
+    if isinstance(exc, TRANSIENT):
+        return RedisUnavailable(f"{where} is unavailable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, rex.InvalidResponse):
+        return RedisUnavailable(
+            f"the server at {safe_url(url)} does not speak the Redis protocol "
+            f"(is the URL's port a Redis port?): {exc}"
+        )
+    if isinstance(exc, rex.RedisError):
+        return AioqueueError(f"{where}: {type(exc).__name__}: {exc}")
+    return exc
+
+
 async def call_redis(aw: Awaitable[Any], url: str) -> Any:
-    """Await a Redis call; raise :class:`RedisUnavailable` or :class:`RedisOutOfMemory` instead
-    of the client's errors where those apply.
+    """Await a Redis call; raise aioqueue's errors instead of the client's:
+    :class:`RedisUnavailable` (unreachable, loading, refusing the credentials, or not speaking
+    the Redis protocol), :class:`RedisOutOfMemory`, :class:`RedisRefused` (any other error reply).
     """
     try:
         return await aw
-    except rex.ResponseError as exc:
-        # Redis 7 replies OOM (redis-py's OutOfMemoryError); a script on Redis 6 wraps it
-        if isinstance(exc, rex.OutOfMemoryError) or "OOM command not allowed" in str(exc):
-            raise RedisOutOfMemory(
-                f"Redis at {safe_url(url)} is out of memory (maxmemory reached): {exc}; "
-                "nothing was written"
-            ) from exc
-        raise
-    except TRANSIENT as exc:
-        raise RedisUnavailable(
-            f"Redis at {safe_url(url)} is unavailable: {type(exc).__name__}: {exc}"
-        ) from exc
+    except rex.RedisError as exc:
+        raise as_error(exc, url) from exc
+    except OSError as exc:
+        raise as_error(exc, url) from exc

@@ -11,6 +11,7 @@ __all__ = (
     "JobNotFound",
     "PayloadTooLarge",
     "RedisOutOfMemory",
+    "RedisRefused",
     "RedisUnavailable",
     "ResultTimeout",
     "SerializationError",
@@ -48,7 +49,7 @@ class JobFailed(AioqueueError):
         self.error = error
         self.traceback = traceback
         self.attempts = attempts
-        tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+        tries = f" after {_count(attempts, 'attempt')}" if attempts > 0 else ""
         super().__init__(f"job {job_id} ({task}) failed{tries}: {type}: {error}")
 
 
@@ -85,8 +86,19 @@ class InvalidOptions(AioqueueError, ValueError):
 
 
 class RedisUnavailable(AioqueueError, ConnectionError):
-    """Raised when Redis can't be reached (or is loading) after a bounded wait."""
+    """Raised when Redis can't be reached (or is loading) after a bounded wait, when the server
+    at the URL does not speak the Redis protocol, or when it refuses the URL's credentials."""
+
+
+class RedisRefused(AioqueueError):
+    """Raised when Redis refuses a command aioqueue sends, for example an ACL user without a
+    permission it needs (``NOPERM``); the message gives the URL and Redis's reply."""
 
 
 class RedisOutOfMemory(AioqueueError):
     """Raised when Redis refuses a write because it reached ``maxmemory`` (nothing was written)."""
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 attempt``, ``2 attempts``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
