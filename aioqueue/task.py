@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from collections.abc import Callable
@@ -80,7 +81,7 @@ class TaskDef:
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise ArgumentError(f"{self.name}: {exc}") from None
+            raise self._mismatch(args, kwargs, exc) from None
         if self._types:
             for pname, value in bound.arguments.items():
                 hint = self._types.get(pname)
@@ -96,6 +97,45 @@ class TaskDef:
                         f"{_type_name(hint)}: {exc}"
                     ) from None
         return bound.args, bound.kwargs
+
+    def _mismatch(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], exc: TypeError
+    ) -> ArgumentError:
+        """The error for arguments that don't bind: an unexpected keyword first (the likely
+        slip, e.g. a misspelt name), then one given twice, then the missing parameters, else
+        the binder's words."""
+        assert self._signature is not None
+        params = self._signature.parameters
+        by_keyword = {
+            n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        unexpected = [k for k in kwargs if k not in by_keyword and not takes_any]
+        if unexpected:
+            name = unexpected[0]
+            close = difflib.get_close_matches(name, sorted(by_keyword), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return ArgumentError(f"{self.name}: unexpected keyword argument {name!r}{hint}")
+        positional = [
+            n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        twice = [k for k in kwargs if k in positional[: len(args)]]
+        if twice:
+            return ArgumentError(f"{self.name}: got multiple values for argument {twice[0]!r}")
+        given = set(positional[: len(args)]) | set(kwargs)
+        missing = [
+            n
+            for n, p in params.items()
+            if p.default is p.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            and n not in given
+        ]
+        if len(missing) == 1:
+            return ArgumentError(f"{self.name}: missing a required argument: {missing[0]!r}")
+        if missing:
+            names = ", ".join(repr(n) for n in missing)
+            return ArgumentError(f"{self.name}: missing required arguments: {names}")
+        return ArgumentError(f"{self.name}: {exc}")
 
     def unencodable(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SerializationError:
         """Build the error naming the first argument that msgpack can't encode."""
