@@ -10,17 +10,19 @@ from .errors import JobFailed as JobFailed
 from .errors import JobNotFound as JobNotFound
 from .errors import PayloadTooLarge as PayloadTooLarge
 from .errors import RedisOutOfMemory as RedisOutOfMemory
+from .errors import RedisRefused as RedisRefused
 from .errors import RedisUnavailable as RedisUnavailable
 from .errors import ResultTimeout as ResultTimeout
 from .errors import SerializationError as SerializationError
 from .errors import UnknownTask as UnknownTask
-from .queue import Call as Call
-from .queue import DeadLetter as DeadLetter
-from .queue import Job as Job
-from .queue import JobStatus as JobStatus
-from .queue import Options as Options
+from .info import DeadLetter as DeadLetter
+from .info import QueueInfo as QueueInfo
+from .job import Job as Job
+from .job import JobStatus as JobStatus
+from .options import Call as Call
+from .options import Options as Options
+from .options import Submitter as Submitter
 from .queue import Queue as Queue
-from .queue import QueueInfo as QueueInfo
 
 __all__ = (
     "AioqueueError",
@@ -38,8 +40,10 @@ __all__ = (
     "Queue",
     "QueueInfo",
     "RedisOutOfMemory",
+    "RedisRefused",
     "RedisUnavailable",
     "ResultTimeout",
     "SerializationError",
+    "Submitter",
     "UnknownTask",
 )

@@ -7,7 +7,21 @@ from pathlib import Path
 
 import pytest
 
-MODULES = ["aioqueue", "aioqueue.errors", "aioqueue.testing", "aioqueue.worker"]
+MODULES = [
+    "aioqueue",
+    "aioqueue.errors",
+    "aioqueue.info",
+    "aioqueue.job",
+    "aioqueue.options",
+    "aioqueue.queue",
+    "aioqueue.results",
+    "aioqueue.testing",
+    "aioqueue.worker",
+]
+SUBMODULES = {
+    "errors", "info", "job", "keys", "options", "queue", "results", "scripts", "task", "testing",
+    "wire", "worker",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -23,8 +37,44 @@ def test_public_names_are_exported() -> None:
     import aioqueue
 
     public = {n for n in vars(aioqueue) if not n.startswith("_")}
-    modules = {"errors", "queue", "keys", "wire", "task", "scripts", "testing", "worker"}
-    assert public - modules - {"annotations"} == set(aioqueue.__all__)
+    assert public - SUBMODULES - {"annotations"} == set(aioqueue.__all__)
+
+
+def test_public_names_come_from_their_own_modules() -> None:
+    """Each concept lives in its own module, and the package root re-exports it."""
+    import aioqueue
+
+    homes = {
+        "Queue": "aioqueue.queue",
+        "Job": "aioqueue.job",
+        "Options": "aioqueue.options",
+        "Call": "aioqueue.options",
+        "Submitter": "aioqueue.options",
+        "QueueInfo": "aioqueue.info",
+        "DeadLetter": "aioqueue.info",
+    }
+    for name, module in homes.items():
+        assert getattr(aioqueue, name).__module__ == module, name
+        assert getattr(importlib.import_module(module), name) is getattr(aioqueue, name)
+
+
+@pytest.mark.parametrize("name", ["queue", "job", "options", "results", "info"])
+def test_modules_stay_small_and_say_what_they_are(name: str) -> None:
+    """The producer's modules have a one-line docstring and stay around 500 lines or fewer."""
+    module = importlib.import_module(f"aioqueue.{name}")
+    doc = (module.__doc__ or "").strip()
+    assert doc and "\n" not in doc
+    assert module.__file__ is not None
+    assert len(Path(module.__file__).read_text().splitlines()) <= 530
+
+
+def test_options_returns_a_public_type() -> None:
+    """queue.options(...) returns the public Submitter."""
+    import aioqueue
+
+    submitter = aioqueue.Queue("q").options(delay=1.0)
+    assert type(submitter) is aioqueue.Submitter
+    assert submitter.options == aioqueue.Options(delay=1.0)
 
 
 def test_errors_share_one_root() -> None:

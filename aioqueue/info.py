@@ -1,0 +1,37 @@
+"""What ``Queue.info()`` and ``Queue.dead_letters()`` return: counts and dead-lettered jobs."""
+
+from __future__ import annotations
+
+import msgspec
+
+from . import wire
+
+__all__ = ("DeadLetter", "QueueInfo")
+
+
+class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts of a queue's jobs, its workers and its lifetime counters.
+
+    :ivar workers: live workers: those whose last heartbeat has not lapsed.
+    :ivar live_workers: their ids.
+    :ivar gone_workers: ids of workers whose heartbeat lapsed (killed, cut off, or stopped
+        without saying goodbye), until a live worker clears them a minute later.
+    """
+
+    pending: int
+    scheduled: int
+    running: int
+    dead: int
+    workers: int
+    counters: dict[str, int]
+    live_workers: list[str] = []
+    gone_workers: list[str] = []
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A dead-lettered job: its task and every attempt's error."""
+
+    id: str
+    task: str
+    dead_at: float
+    errors: list[wire.ErrorInfo]

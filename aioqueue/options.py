@@ -1,0 +1,160 @@
+"""Per-submit options, one job's arguments in a bulk submit, and the submitter that applies them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+import msgspec
+
+from .errors import InvalidOptions
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .queue import Queue
+
+__all__ = ("Call", "Options", "Submitter")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PRIORITY_RANGE = 1_000_000
+MAX_KEY_LENGTH = 512
+
+#: One job's positional arguments, keyword arguments and options, as the submit path takes them.
+Spec = tuple[tuple[Any, ...], dict[str, Any], "Options"]
+
+
+class Options(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-submit options, kept apart from the task's own keyword arguments.
+
+    :ivar key: de-duplication key: while a job with this key exists, or within the result TTL
+        after it finished, a submit with the same key returns a handle to that original job.
+    :ivar delay: seconds to wait before the job may run.
+    :ivar priority: higher runs first (default 0); jobs of one priority run in submit order.
+    :ivar timeout: seconds an attempt may run (overrides the task's).
+    :ivar retries: attempts after the first (overrides the task's).
+    :ivar result_ttl: seconds the result is kept (overrides the queue's).
+    """
+
+    key: str | None = None
+    delay: float = 0.0
+    priority: int = 0
+    timeout: float | None = None
+    retries: int | None = None
+    result_ttl: float | None = None
+
+    def validate(self) -> None:
+        """:raises InvalidOptions: naming the first option out of range."""
+        if self.key is not None and (
+            not isinstance(self.key, str) or not 0 < len(self.key) <= MAX_KEY_LENGTH
+        ):
+            raise InvalidOptions(
+                f"key must be a non-empty str of at most {MAX_KEY_LENGTH} chars: {self.key!r}"
+            )
+        if not _number(self.delay) or not 0 <= self.delay < 10**9:
+            raise InvalidOptions(f"delay must be >= 0 seconds, got {self.delay!r}")
+        if type(self.priority) is not int or abs(self.priority) > PRIORITY_RANGE:
+            raise InvalidOptions(
+                f"priority must be an int within ±{PRIORITY_RANGE}, got {self.priority!r}"
+            )
+        if self.timeout is not None and (
+            not _number(self.timeout) or not 0 < self.timeout < math.inf
+        ):
+            raise InvalidOptions(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.retries is not None and (type(self.retries) is not int or self.retries < 0):
+            raise InvalidOptions(f"retries must be an int >= 0, got {self.retries!r}")
+        if self.result_ttl is not None and (
+            not _number(self.result_ttl) or not self.result_ttl > 0
+        ):
+            raise InvalidOptions(f"result_ttl must be > 0 seconds, got {self.result_ttl!r}")
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+NO_OPTIONS = Options()
+
+
+class Call:
+    """Arguments of one job in :meth:`Queue.submit_many`: ``Call(*args, **kwargs)``."""
+
+    __slots__ = ("args", "kwargs", "options")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.options = NO_OPTIONS
+
+    def with_options(self, options: Options) -> Call:
+        """Give this one job its own options."""
+        self.options = options
+        return self
+
+
+def specs(calls: Iterable[tuple[Any, ...] | Call], options: Options) -> list[Spec]:
+    """Each call's arguments with its options (its own, else ``options``).
+
+    :raises InvalidOptions: an item is neither a tuple nor a :class:`Call`.
+    """
+    out: list[Spec] = []
+    for c in calls:
+        if isinstance(c, Call):
+            out.append((c.args, c.kwargs, options if c.options is NO_OPTIONS else c.options))
+        elif isinstance(c, tuple):
+            out.append((c, {}, options))
+        else:
+            raise InvalidOptions(f"submit_many takes tuples of arguments or Call(...), got {c!r}")
+    return out
+
+
+class Submitter:
+    """Submits with fixed options: ``queue.options(key=..., delay=...).submit(fn, ...)``.
+
+    Returned by :meth:`Queue.options`; the options are checked when it is made.
+    """
+
+    __slots__ = ("_queue", "options")
+
+    def __init__(self, queue: Queue, options: Options) -> None:
+        options.validate()
+        self._queue = queue
+        #: the options every submit through this submitter carries.
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"Submitter({self._queue!r}, {self.options!r})"
+
+    @overload
+    async def submit(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
+    @overload
+    async def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
+    @overload
+    async def submit(self, fn: str, *args: Any, **kwargs: Any) -> Job[Any]: ...
+    async def submit(self, fn: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Job[Any]:
+        """Submit one job with these options (see :meth:`Queue.submit`)."""
+        return (await self._queue._submit(fn, [(args, kwargs, self.options)]))[0]
+
+    @overload
+    async def submit_many(
+        self,
+        fn: Callable[..., Coroutine[Any, Any, R]],
+        calls: Iterable[tuple[Any, ...] | Call],
+    ) -> list[Job[R]]: ...
+    @overload
+    async def submit_many(
+        self, fn: Callable[..., R], calls: Iterable[tuple[Any, ...] | Call]
+    ) -> list[Job[R]]: ...
+    @overload
+    async def submit_many(
+        self, fn: str, calls: Iterable[tuple[Any, ...] | Call]
+    ) -> list[Job[Any]]: ...
+    async def submit_many(
+        self, fn: Callable[..., Any] | str, calls: Iterable[tuple[Any, ...] | Call]
+    ) -> list[Job[Any]]:
+        """Submit many jobs with these options (see :meth:`Queue.submit_many`)."""
+        return await self._queue._submit(fn, specs(calls, self.options))
