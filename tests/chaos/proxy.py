@@ -68,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import random
 import socket
 import struct
@@ -76,7 +77,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Concatenate, Final, Generic, Literal, ParamSpec, TypeVar, overload
 
 __all__ = ("SCRIPTS", "Direction", "FaultProxy", "ThreadedFaultProxy", "Match", "peek_commands")
 
@@ -89,6 +90,7 @@ Match = bytes | str | tuple[bytes | str, ...]
 SCRIPTS: Final = ("EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO")
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 _CHUNK: Final = 65536
 _MAX_LINE: Final = 65536
@@ -628,6 +630,48 @@ def _directions(direction: Direction) -> tuple[int, ...]:
     raise ValueError(f"direction must be 'both', 'c2s' or 's2c', not {direction!r}")
 
 
+class _Mirror(Generic[_T]):
+    """A read-only attribute of a :class:`ThreadedFaultProxy`: the same attribute of the
+    :class:`FaultProxy` it runs (a plain read; the value may be one loop step old)."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any] | None = None) -> _Mirror[_T]: ...
+
+    @overload
+    def __get__(self, obj: ThreadedFaultProxy, owner: type[Any] | None = None) -> _T: ...
+
+    def __get__(
+        self, obj: ThreadedFaultProxy | None, owner: type[Any] | None = None
+    ) -> _T | _Mirror[_T]:
+        if obj is None:
+            return self
+        value: _T = getattr(obj.proxy, self.name)
+        return value
+
+
+def _on_loop(
+    method: Callable[Concatenate[FaultProxy, _P], _T],
+) -> Callable[Concatenate[ThreadedFaultProxy, _P], _T]:
+    """``method`` of :class:`FaultProxy` as a method of :class:`ThreadedFaultProxy`: called in
+    the proxy's loop thread, returning once it has run there (same signature and docstring)."""
+
+    def call(self: ThreadedFaultProxy, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        async def invoke() -> _T:
+            return method(self.proxy, *args, **kwargs)
+
+        return self._run(invoke())
+
+    functools.update_wrapper(call, method)
+    return call
+
+
 class ThreadedFaultProxy:
     """A :class:`FaultProxy` running in a background thread; every method is thread-safe."""
 
@@ -645,50 +689,28 @@ class ThreadedFaultProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    @property
-    def port(self) -> int:
-        """The listener's port (0 before :meth:`start`)."""
-        return self.proxy.port
+    port = _Mirror[int]("The listener's port (0 before :meth:`start`).")
+    url = _Mirror[str]("The ``redis://`` URL of the proxy's listener.")
+    resets = _Mirror[int]("Connections aborted by ``reset_all`` or ``drop_reply``.")
+    dropped_replies = _Mirror[int]("Replies withheld by ``drop_reply``.")
+    bytes_c2s = _Mirror[int]("Bytes forwarded from clients to the server.")
+    bytes_s2c = _Mirror[int]("Bytes forwarded from the server to clients.")
+    connections = _Mirror[int]("Client connections accepted in total.")
+    active = _Mirror[int]("Client connections open right now.")
+    listening = _Mirror[bool]("True while the listener accepts new connections.")
 
-    @property
-    def url(self) -> str:
-        """The ``redis://`` URL of the proxy's listener."""
-        return self.proxy.url
+    latency = _on_loop(FaultProxy.latency)
+    bandwidth = _on_loop(FaultProxy.bandwidth)
+    blackhole = _on_loop(FaultProxy.blackhole)
+    reset_all = _on_loop(FaultProxy.reset_all)
+    drop_reply = _on_loop(FaultProxy.drop_reply)
+    slice = _on_loop(FaultProxy.slice)
+    refuse = _on_loop(FaultProxy.refuse)
+    heal = _on_loop(FaultProxy.heal)
 
-    @property
-    def resets(self) -> int:
-        """Connections aborted by ``reset_all`` or ``drop_reply``."""
-        return self.proxy.resets
-
-    @property
-    def dropped_replies(self) -> int:
-        """Replies withheld by ``drop_reply``."""
-        return self.proxy.dropped_replies
-
-    @property
-    def bytes_c2s(self) -> int:
-        """Bytes forwarded from clients to the server."""
-        return self.proxy.bytes_c2s
-
-    @property
-    def bytes_s2c(self) -> int:
-        """Bytes forwarded from the server to clients."""
-        return self.proxy.bytes_s2c
-
-    @property
-    def connections(self) -> int:
-        """Client connections accepted in total."""
-        return self.proxy.connections
-
-    @property
-    def active(self) -> int:
-        """Client connections open right now."""
-        return self.proxy.active
-
-    @property
-    def listening(self) -> bool:
-        """True while the listener accepts new connections."""
-        return self.proxy.listening
+    def accept(self) -> None:
+        """Open (or reopen) the listener on the same port."""
+        self._run(self.proxy.accept())
 
     def start(self) -> None:
         """Start the loop thread and the listener; return once it accepts connections."""
@@ -744,45 +766,3 @@ class ThreadedFaultProxy:
             raise RuntimeError("the proxy is not started")
         future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(self.timeout)
-
-    def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        async def invoke() -> _T:
-            return fn(*args)
-
-        return self._run(invoke())
-
-    def latency(self, ms: float, jitter_ms: float = 0.0, direction: Direction = "both") -> None:
-        """Delay every forwarded chunk by ``ms`` ± uniform ``jitter_ms`` (0 turns it off)."""
-        self._call(self.proxy.latency, ms, jitter_ms, direction)
-
-    def bandwidth(self, bytes_per_s: float | None, burst: int | None = None) -> None:
-        """Limit each direction to ``bytes_per_s`` with a token bucket (``None`` turns it off)."""
-        self._call(self.proxy.bandwidth, bytes_per_s, burst)
-
-    def blackhole(self) -> None:
-        """Stop forwarding in both directions while keeping every socket open."""
-        self._call(self.proxy.blackhole)
-
-    def reset_all(self) -> int:
-        """Abort every current connection with an RST on both sides; return how many."""
-        return self._call(self.proxy.reset_all)
-
-    def drop_reply(self, p: float, match: Match | None = None) -> None:
-        """Reset the connection instead of forwarding a (matching) reply, with probability ``p``."""
-        self._call(self.proxy.drop_reply, p, match)
-
-    def slice(self, n: int | None, gap_ms: float = 0.0) -> None:
-        """Forward in pieces of at most ``n`` bytes, pausing ``gap_ms`` between them."""
-        self._call(self.proxy.slice, n, gap_ms)
-
-    def refuse(self) -> None:
-        """Close the listener so that new connects are refused; open connections stay."""
-        self._call(self.proxy.refuse)
-
-    def accept(self) -> None:
-        """Open (or reopen) the listener on the same port."""
-        self._run(self.proxy.accept())
-
-    def heal(self) -> None:
-        """Clear every forwarding fault; a refused listener stays closed until :meth:`accept`."""
-        self._call(self.proxy.heal)
