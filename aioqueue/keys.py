@@ -50,6 +50,10 @@ class Keys:
         """The string key that holds a finished job's outcome (with a TTL)."""
         return f"{self.prefix}result:{job_id}"
 
+    def receipt(self, name: str) -> str:
+        """The string key that keeps the reply of a call that may be re-sent (see scripts.py)."""
+        return f"{self.prefix}receipt:{name}"
+
     def dedup(self, key: str) -> str:
         """The string key that maps a de-duplication key to the job holding it."""
         return f"{self.prefix}dedup:{key}"

@@ -1,23 +1,51 @@
-"""The Lua scripts, loaded once from ``lua/*.lua`` and registered once per Redis client."""
+"""The Lua scripts: loaded once from ``lua/*.lua``, one typed method per script.
+
+Every method builds its script's key list from :class:`~aioqueue.keys.Keys` and parses the reply
+into a typed value, so no caller knows a script's KEYS or ARGV layout.
+
+Scripts that change state and may be re-sent after a lost reply (redis-py retries a command whose
+connection broke, and the worker re-sends an unanswered call) take a :class:`Receipt`: the first
+run stores its reply under the receipt's key, and a re-send with the same call id gets that reply
+back instead of running again. A claim re-sent that way returns the jobs it leased the first
+time instead of popping others; a re-sent release, cancel or requeue reports what it did.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-__all__ = ("Scripts",)
+from ._redis import call_redis, to_str
+from .keys import Keys
 
-_NAMES = (
-    "submit", "claim", "heartbeat", "expired", "finish", "requeue", "purge", "cancel", "status",
-    "outcomes",
-)  # fmt: skip
+__all__ = (
+    "ClaimReply",
+    "DeadRow",
+    "FinishItem",
+    "InfoReply",
+    "LeasedJob",
+    "NewJob",
+    "Receipt",
+    "Scripts",
+)
+
+FinishKind = Literal["ok", "retry", "dead", "release"]
+
+PRODUCER_RECEIPT_MS = 300_000  # a producer's re-sends come within seconds
 
 
 def _source(name: str) -> str:
     return (resources.files("aioqueue") / "lua" / f"{name}.lua").read_text()
+
+
+def _function(name: str) -> str:
+    return f"local function run_{name}(KEYS, ARGV)\n{_source(name)}\nend\n"
 
 
 def _compose(first: str, second: str) -> str:
@@ -26,13 +54,7 @@ def _compose(first: str, second: str) -> str:
     ARGV[1] and ARGV[2] give how many KEYS and ARGV belong to the first; the rest go to the
     second. Returns ``{first's reply, second's reply}``.
     """
-    return f"""-- {first} then {second}, composed from {first}.lua and {second}.lua
-local function run_{first}(KEYS, ARGV)
-{_source(first)}
-end
-local function run_{second}(KEYS, ARGV)
-{_source(second)}
-end
+    return f"""{_function(first)}{_function(second)}
 local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
 local k1, a1, k2, a2 = {{}}, {{}}, {{}}, {{}}
 for i = 1, #KEYS do
@@ -45,30 +67,314 @@ return {{run_{first}(k1, a1), run_{second}(k2, a2)}}
 """
 
 
-_SOURCES = {name: _source(name) for name in _NAMES}
-_SOURCES["finish_claim"] = _compose("finish", "claim")
+def _with_receipt(body: str) -> str:
+    """Wrap a script so that a re-sent call gets its first reply.
+
+    The last KEY is the receipt key, the last two ARGV the call id and the receipt's TTL (ms).
+    The receipt holds ``call id | msgpack(reply)``; a call with the same id returns the stored
+    reply and writes nothing. The body runs first, so its first write stays its own (a deletion,
+    in the scripts that must work at ``maxmemory``).
+    """
+    return f"""local function body(KEYS, ARGV)
+{body}
+end
+local rkey, call, ttl = KEYS[#KEYS], ARGV[#ARGV - 1], ARGV[#ARGV]
+local prev = redis.call('GET', rkey)
+if prev then
+  local sep = string.find(prev, '|', 1, true)
+  if sep and string.sub(prev, 1, sep - 1) == call then
+    return cmsgpack.unpack(string.sub(prev, sep + 1))
+  end
+end
+local k, a = {{}}, {{}}
+for i = 1, #KEYS - 1 do k[i] = KEYS[i] end
+for i = 1, #ARGV - 2 do a[i] = ARGV[i] end
+local out = body(k, a)
+redis.call('SET', rkey, call .. '|' .. cmsgpack.pack(out), 'PX', ttl)
+return out
+"""
+
+
+_RETENTION = _source("_retention")
+_PLAIN = ("submit", "status", "outcomes", "dead", "info")
+_RECEIPTED = ("claim", "heartbeat", "finish", "cancel", "requeue", "purge")
+
+SOURCES: dict[str, str] = {name: _source(name) for name in _PLAIN}
+SOURCES["expired"] = _RETENTION + _source("expired")
+SOURCES.update({name: _with_receipt(_source(name)) for name in _RECEIPTED})
+SOURCES["finish"] = _with_receipt(_RETENTION + _source("finish"))
+SOURCES["finish_claim"] = _with_receipt(_RETENTION + _compose("finish", "claim"))
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Names one call, so that a re-send of it (same ``call``) gets the first reply.
+
+    :ivar key: where the reply is kept; a worker keeps one per channel (fetch, finish, ...), since
+        it sends one call at a time on each and re-sends an unanswered one before the next.
+    :ivar call: the call's id, unique under ``key``.
+    :ivar ttl_ms: how long the reply is kept.
+    """
+
+    key: str
+    call: str
+    ttl_ms: int
+
+    @classmethod
+    def once(cls, keys: Keys) -> Receipt:
+        """A receipt for one producer call (cancel, requeue, purge)."""
+        return cls(keys.receipt(os.urandom(8).hex()), "1", PRODUCER_RECEIPT_MS)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job to submit: its id, encoded envelope, and where it goes."""
+
+    id: str
+    data: bytes
+    priority: int = 0
+    delay_ms: int = 0
+    key: str | None = None  # de-duplication key
+
+
+@dataclass(slots=True)
+class LeasedJob:
+    """A job under a lease: from a claim (ours) or from the expired leases (someone's)."""
+
+    id: str
+    token: str
+    attempts: int
+    data: bytes
+    holder_alive: bool = True  # expired leases: does the holder still heartbeat?
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimReply:
+    """What a claim gave: jobs leased, ms until the next scheduled job (-1: none), stale skipped."""
+
+    jobs: list[LeasedJob]
+    next_due_ms: int
+    stale: int
+
+
+@dataclass(frozen=True, slots=True)
+class FinishItem:
+    """One outcome to record, fenced by the lease token it was run under."""
+
+    id: str
+    token: str
+    kind: FinishKind
+    result: bytes = b""  # encoded Outcome (ok, dead)
+    error: bytes = b""  # encoded ErrorInfo (retry, dead)
+    delay_ms: int = 0  # retry
+    ttl_ms: int = 0  # result and de-duplication key TTL
+    dedup: str | None = None
+    reaping: bool = False  # recovering someone's expired lease
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRow:
+    """A dead letter as stored: id, when (ms), envelope and error records (None if missing)."""
+
+    id: str
+    dead_at_ms: float
+    data: bytes | None
+    errors: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class InfoReply:
+    """A queue's counts, workers by heartbeat deadline, and counters, read in one step."""
+
+    pending: int
+    scheduled: int
+    running: int
+    dead: int
+    live_workers: list[str]
+    gone_workers: list[str]
+    counters: dict[str, int]
+
+
+def _leased(rows: list[Any], width: int) -> list[LeasedJob]:
+    return [
+        LeasedJob(
+            id=to_str(rows[i]),
+            token=to_str(rows[i + 1]),
+            attempts=int(rows[i + 2]),
+            data=bytes(rows[i + 3]),
+            holder_alive=width < 5 or int(rows[i + 4]) == 1,
+        )
+        for i in range(0, len(rows), width)
+    ]
+
+
+def _claim_reply(reply: list[Any]) -> ClaimReply:
+    return ClaimReply(_leased(reply[2:], 4), int(reply[0]), int(reply[1]))
 
 
 class Scripts:
-    """The queue's scripts bound to one client; each call is an ``EVALSHA`` that reloads itself."""
+    """The scripts of one queue, bound to one client; each call is an ``EVALSHA`` that reloads
+    itself after ``SCRIPT FLUSH``, and raises aioqueue's errors naming ``url``."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, keys: Keys, url: str) -> None:
+        self.keys = keys
+        self.url = url
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(src) for name, src in _SOURCES.items()
+            name: redis.register_script(src) for name, src in SOURCES.items()
         }
-
-    async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run script ``name`` with ``keys`` and ``args``."""
-        return await self._scripts[name](keys=keys, args=args)
-
-    async def call_pair(
-        self, name: str, first: tuple[list[str], list[Any]], second: tuple[list[str], list[Any]]
-    ) -> list[Any]:
-        """Run a composed script (``finish_claim``): both parts in one round trip."""
-        (k1, a1), (k2, a2) = first, second
-        reply = await self._scripts[name](keys=k1 + k2, args=[len(k1), len(a1), *a1, *a2])
-        return list(reply)
 
     def sha(self, name: str) -> str:
         """The SHA1 of a script (for fault injection that targets one script)."""
         return str(self._scripts[name].sha)
+
+    async def _run(
+        self, name: str, keys: list[str], args: list[Any], receipt: Receipt | None = None
+    ) -> Any:
+        if receipt is not None:
+            keys = [*keys, receipt.key]
+            args = [*args, receipt.call, receipt.ttl_ms]
+        return await call_redis(self._scripts[name](keys=keys, args=args), self.url)
+
+    # -- producer --------------------------------------------------------------------------
+
+    async def submit(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+        """Add jobs; per job, the id holding the work and whether it is this job (a
+        de-duplication key held by another job gives that one's id and False)."""
+        k = self.keys
+        keys = [k.jobs, k.pending, k.scheduled, k.priority, k.wake]
+        args: list[Any] = []
+        for j in jobs:
+            keys += [k.result(j.id), k.dedup(j.key) if j.key is not None else k.jobs]
+            args += [j.id, j.data, j.priority, j.delay_ms, "1" if j.key is not None else "0"]
+        reply = await self._run("submit", keys, args)
+        return [(to_str(reply[i]), bool(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+    async def cancel(
+        self, jobs: Sequence[tuple[str, bytes, str | None]], result_ttl_ms: int
+    ) -> list[bool]:
+        """Withdraw waiting jobs, given as (id, encoded cancelled Outcome, de-duplication key);
+        per job, True if it was cancelled."""
+        k = self.keys
+        keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats]
+        args: list[Any] = [k.done_channel, result_ttl_ms]
+        for job_id, outcome, dedup in jobs:
+            keys += [k.result(job_id), k.dedup(dedup) if dedup else k.jobs]
+            args += [job_id, outcome, "1" if dedup else "0"]
+        reply = await self._run("cancel", keys, args, Receipt.once(k))
+        return [bool(r) for r in reply]
+
+    async def status(self, job_id: str) -> tuple[str, bytes | None]:
+        """Where a job is (running, pending, scheduled, dead, finished, unknown), and its
+        outcome bytes when finished."""
+        k = self.keys
+        keys = [k.leases, k.pending, k.scheduled, k.dead, k.result(job_id), k.jobs]
+        state, outcome = await self._run("status", keys, [job_id])
+        return to_str(state), bytes(outcome) if outcome else None
+
+    async def outcomes(self, ids: Sequence[str]) -> list[bytes | bool]:
+        """Per id: its outcome bytes, else True if the job exists unfinished, False if unknown."""
+        keys = [self.keys.jobs, *(self.keys.result(i) for i in ids)]
+        found = await self._run("outcomes", keys, list(ids))
+        return [bytes(f) if isinstance(f, bytes) else bool(f) for f in found]
+
+    async def info(self) -> InfoReply:
+        """Counts, workers by heartbeat deadline, and counters, read in one step."""
+        k = self.keys
+        keys = [k.pending, k.scheduled, k.leases, k.dead, k.workers, k.stats]
+        p, s, r, d, live, gone, stats = await self._run("info", keys, [])
+        counters = {to_str(stats[i]): int(stats[i + 1]) for i in range(0, len(stats), 2)}
+        return InfoReply(p, s, r, d, [to_str(w) for w in live], [to_str(w) for w in gone], counters)
+
+    async def dead_letters(self, limit: int) -> list[DeadRow]:
+        """The oldest ``limit`` dead letters, read in one step."""
+        k = self.keys
+        rows = await self._run("dead", [k.dead, k.jobs, k.errors], [limit])
+        return [
+            DeadRow(to_str(rows[i]), float(rows[i + 1]), rows[i + 2], rows[i + 3])
+            for i in range(0, len(rows), 4)
+        ]
+
+    async def requeue(self, jobs: Sequence[tuple[str, str | None]]) -> list[bool]:
+        """Move dead letters, given as (id, de-duplication key), back to pending; per job,
+        True if it moved."""
+        k = self.keys
+        keys = [k.dead, k.attempts, k.errors, k.pending, k.priority, k.wake, k.jobs]
+        args: list[Any] = []
+        for job_id, dedup in jobs:
+            keys += [k.result(job_id), k.dedup(dedup) if dedup else k.jobs]
+            args += [job_id, "1" if dedup else "0"]
+        reply = await self._run("requeue", keys, args, Receipt.once(k))
+        return [bool(r) for r in reply]
+
+    async def purge(self, ids: Sequence[str]) -> int:
+        """Delete dead letters for good; how many were purged."""
+        k = self.keys
+        keys = [k.dead, k.jobs, k.attempts, k.errors, k.priority]
+        return int(await self._run("purge", keys, list(ids), Receipt.once(k)))
+
+    # -- worker ----------------------------------------------------------------------------
+
+    def _finish_call(
+        self, items: Sequence[FinishItem], dead_ttl_ms: int, max_dead: int
+    ) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
+                k.dead, k.errors, k.wake, k.stats]  # fmt: skip
+        args: list[Any] = [k.done_channel, dead_ttl_ms, max_dead]
+        for f in items:
+            keys += [k.result(f.id), k.dedup(f.dedup) if f.dedup else k.jobs]
+            args += [f.id, f.token, f.kind, f.result, f.error, f.delay_ms, f.ttl_ms,
+                     "1" if f.dedup else "0", "1" if f.reaping else "0"]  # fmt: skip
+        return keys, args
+
+    async def claim(
+        self,
+        k: int,
+        lease_ms: int,
+        holder: str,
+        receipt: Receipt,
+        finish: Sequence[FinishItem] = (),
+        dead: tuple[int, int] = (0, 0),
+    ) -> tuple[list[int], ClaimReply]:
+        """Promote due scheduled jobs and lease up to ``k`` ready ones to ``holder``; record
+        ``finish`` outcomes first in the same round trip (``dead``: the retention, ms and
+        count). Returns the finish replies (see :meth:`finish`) and what was claimed.
+
+        The leases' tokens are ``holder:N`` for N from ``receipt.call`` (a number) upwards, so
+        the caller advances its call ids by at least ``k`` between claims.
+        """
+        ks = self.keys
+        claim_keys = [ks.pending, ks.scheduled, ks.priority, ks.jobs, ks.attempts, ks.tokens,
+                      ks.leases, ks.wake, ks.stats]  # fmt: skip
+        claim_args: list[Any] = [k, lease_ms, f"{holder}:", receipt.call]
+        if not finish:
+            return [], _claim_reply(await self._run("claim", claim_keys, claim_args, receipt))
+        fk, fa = self._finish_call(finish, *dead)
+        args = [len(fk), len(fa), *fa, *claim_args]
+        finished, claimed = await self._run("finish_claim", fk + claim_keys, args, receipt)
+        return [int(r) for r in finished], _claim_reply(claimed)
+
+    async def finish(
+        self, items: Sequence[FinishItem], receipt: Receipt, dead: tuple[int, int]
+    ) -> list[int]:
+        """Record outcomes; per item 1 applied, 0 fenced, -1 lease still alive (reaping), -2
+        nothing left to recover (reaping)."""
+        keys, args = self._finish_call(items, *dead)
+        return [int(r) for r in await self._run("finish", keys, args, receipt)]
+
+    async def heartbeat(
+        self, worker: str, lease_ms: int, held: Sequence[tuple[str, str]], receipt: Receipt
+    ) -> list[str]:
+        """Extend the leases of ``held`` (id, token) pairs; the ids no longer held."""
+        k = self.keys
+        args: list[Any] = [worker, lease_ms]
+        for pair in held:
+            args += pair
+        lost = await self._run("heartbeat", [k.leases, k.tokens, k.workers], args, receipt)
+        return [to_str(i) for i in lost]
+
+    async def expired(self, limit: int, dead: tuple[int, int]) -> list[LeasedJob]:
+        """Leases past their deadline (and dead-letter retention applied on the way)."""
+        k = self.keys
+        keys = [k.leases, k.tokens, k.attempts, k.jobs, k.workers, k.dead, k.errors, k.priority]
+        return _leased(await self._run("expired", keys, [limit, *dead]), 5)

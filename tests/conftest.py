@@ -6,16 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 
 from aioqueue import Queue
 from aioqueue.testing import RedisServer
 from tests import tasks
+from tests._async import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,16 +62,6 @@ async def queue(redis_url: str) -> AsyncIterator[Queue]:
         yield q
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-
-
 def children_of(pid: int) -> list[int]:
     """Pids whose parent is ``pid`` (from /proc)."""
     out = []
@@ -99,30 +90,54 @@ def alive(pid: int) -> bool:
 class WorkerProcess:
     """An ``aioqueue-worker`` subprocess serving tests/tasks.py's queue."""
 
-    def __init__(self, redis_url: str, log: Path, *args: str, processes: int = 2) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        log: Path,
+        *args: str,
+        processes: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.redis_url = redis_url
         self.args = ["--processes", str(processes), *FAST, *args]
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = log
+        self.env = env or {}
 
-    def start(self, wait: bool = True) -> WorkerProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    def start(self) -> WorkerProcess:
+        """Start the process; :meth:`ready` waits until it serves the queue."""
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         self._logfile = open(self.log, "ab")  # closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aioqueue", "tests.tasks:queue", "--redis-url",
              self.redis_url, "--log-level", "info", *self.args],
             cwd=ROOT, env=env, stdout=self._logfile, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        if wait:
-            wait_for(lambda: len(children_of(self.pid)) >= 1, 30, "worker children")
-            with redis.Redis.from_url(self.redis_url) as r:
-                wait_for(
-                    lambda: r.zcard(tasks.queue.keys.workers) > 0 or self.proc.poll() is not None,
-                    30,
-                    "worker heartbeat",
-                )
-            assert self.proc.poll() is None, "worker exited during start"
         return self
+
+    async def ready(self) -> WorkerProcess:
+        """Wait until the worker's children are up and its first heartbeat is in Redis."""
+        await eventually(lambda: len(children_of(self.pid)) >= 1, 30, "worker children")
+        r = redis.asyncio.Redis.from_url(self.redis_url)
+        try:
+            await eventually(
+                lambda: self._registered(r), 30, f"worker heartbeat; log: {self.output()[-500:]}"
+            )
+        finally:
+            await r.aclose()
+        assert self.proc is not None and self.proc.poll() is None, "worker exited during start"
+        return self
+
+    async def _registered(self, r: redis.asyncio.Redis) -> bool:
+        assert self.proc is not None
+        return self.proc.poll() is not None or await r.zcard(tasks.queue.keys.workers) > 0
+
+    async def exited(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit; its exit code."""
+        assert self.proc is not None
+        proc = self.proc
+        await eventually(lambda: proc.poll() is not None, timeout, "worker exit")
+        return proc.returncode
 
     @property
     def pid(self) -> int:
@@ -133,17 +148,13 @@ class WorkerProcess:
         """What the worker has logged so far."""
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+    async def wait_log(self, text: str, timeout: float = 10.0) -> None:
         """Wait until the worker's log contains ``text``."""
-        wait_for(lambda: text in self.output(), timeout, f"worker log line {text!r}")
+        await eventually(lambda: text in self.output(), timeout, f"worker log line {text!r}")
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -157,16 +168,22 @@ class WorkerProcess:
             self._logfile.close()
 
 
+StartWorker = Callable[..., Awaitable[WorkerProcess]]
+
+
 @pytest.fixture
-def start_worker(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real worker subprocesses; all are stopped (SIGTERM, then SIGKILL) at the end."""
+def start_worker(redis_url: str, tmp_path: Path) -> Iterator[StartWorker]:
+    """Start real worker subprocesses (``await start_worker(*flags)``, ready to serve unless
+    ``wait=False``); all are stopped (SIGTERM, then SIGKILL) at the end."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, processes: int = 2, wait: bool = True) -> WorkerProcess:
+    async def start(
+        *args: str, processes: int = 2, wait: bool = True, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
-        w = WorkerProcess(redis_url, log, *args, processes=processes).start(wait)
+        w = WorkerProcess(redis_url, log, *args, processes=processes, env=env).start()
         started.append(w)
-        return w
+        return await w.ready() if wait else w
 
     yield start
     for w in started:

@@ -12,6 +12,11 @@ import msgspec
 
 from aioqueue import Queue
 
+# A test breaks this module's import (as a bad deploy would) by creating the file named here.
+_BREAK = os.environ.get("AIOQUEUE_TEST_BREAK_IMPORT")
+if _BREAK and os.path.exists(_BREAK):
+    raise ImportError(f"{__name__}: {Path(_BREAK).read_text()}")
+
 queue = Queue(os.environ.get("AIOQUEUE_TEST_QUEUE", "tests"))
 
 

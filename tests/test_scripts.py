@@ -1,14 +1,37 @@
-"""The Lua scripts driven directly on real Redis."""
+"""The Lua scripts driven directly on real Redis, through their typed methods.
+
+Several tests re-send a call exactly as redis-py does when a reply is lost after Redis applied
+the command: the same keys and arguments, the same receipt.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
 
 from aioqueue import Queue, wire
+from aioqueue.scripts import FinishItem, Receipt, Scripts
 from tests import tasks
 
 pytestmark = pytest.mark.anyio
+
+DEAD = (60_000, 1000)  # dead-letter retention: ms, count
+
+
+@pytest.fixture
+async def scripts(queue: Queue) -> AsyncIterator[Scripts]:
+    yield Scripts(queue.redis, queue.keys, queue.redis_url)
+
+
+def receipt(queue: Queue, name: str, call: int | str = 1) -> Receipt:
+    return Receipt(queue.keys.receipt(name), str(call), 60_000)
+
+
+def outcome(ok: bool = True) -> bytes:
+    return wire.encode(wire.Outcome(v=1, task="tests.tasks.noop", ok=ok, finished=time.time()))
 
 
 async def test_scripts_reload_after_script_flush(queue: Queue, sync_redis: redis.Redis) -> None:
@@ -23,88 +46,239 @@ async def test_every_key_shares_the_queue_hash_tag(queue: Queue) -> None:
     """All of a queue's keys hash to one cluster slot: the {name} tag."""
     k = queue.keys
     names = [getattr(k, a) for a in k.__slots__ if a != "prefix"]
-    names += [k.result("x"), k.dedup("y")]
+    names += [k.result("x"), k.dedup("y"), k.receipt("z")]
     assert all(n.startswith("aioqueue:{tests}:") for n in names)
 
 
 async def test_claim_leases_atomically_and_heartbeat_reports_loss(
-    queue: Queue, sync_redis: redis.Redis
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis
 ) -> None:
     """A claimed job has a lease and a token at once; a heartbeat with a wrong token reports
     the job lost and leaves the lease alone."""
     job = await queue.submit(tasks.noop)
     k = queue.keys
-    keys = [k.pending, k.scheduled, k.priority, k.jobs, k.attempts, k.tokens, k.leases, k.wake,
-            k.stats]  # fmt: skip
-    reply = await queue.scripts.call("claim", keys, [5, 1000, "w1:", 0])
-    assert reply[0] == -1 and reply[1] == 0
-    assert reply[2].decode() == job.id and reply[3] == b"w1:0" and reply[4] == 1
-    assert wire.decode_envelope(reply[5]).task == "tests.tasks.noop"
+    _, claim = await scripts.claim(5, 1000, "w1", receipt(queue, "c", 7))
+    assert claim.next_due_ms == -1 and claim.stale == 0
+    [leased] = claim.jobs
+    assert (leased.id, leased.token, leased.attempts) == (job.id, "w1:7", 1)
+    assert wire.decode_envelope(leased.data).task == "tests.tasks.noop"
     assert sync_redis.zscore(k.leases, job.id) is not None
     assert sync_redis.zcard(k.pending) == 0
-    lost = await queue.scripts.call(
-        "heartbeat", [k.leases, k.tokens, k.workers], ["w1", 1000, job.id, "w1:0", "gone", "t"]
+    lost = await scripts.heartbeat(
+        "w1", 1000, [(job.id, "w1:7"), ("gone", "t")], receipt(queue, "b")
     )
-    assert lost == [b"gone"]
-    lost = await queue.scripts.call(
-        "heartbeat", [k.leases, k.tokens, k.workers], ["w2", 1000, job.id, "w2:9"]
-    )
-    assert lost == [job.id.encode()]
+    assert lost == ["gone"]
+    lost = await scripts.heartbeat("w2", 1000, [(job.id, "w2:9")], receipt(queue, "b", 2))
+    assert lost == [job.id]
 
 
-async def test_claim_never_starts_a_job_twice(queue: Queue, sync_redis: redis.Redis) -> None:
+async def test_claim_never_starts_a_job_twice(
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis
+) -> None:
     """A stale copy of a leased or finished job in pending is skipped and counted."""
     job = await queue.submit(tasks.noop)
     k = queue.keys
-    keys = [k.pending, k.scheduled, k.priority, k.jobs, k.attempts, k.tokens, k.leases, k.wake,
-            k.stats]  # fmt: skip
-    await queue.scripts.call("claim", keys, [1, 1000, "w1:", 0])
+    await scripts.claim(1, 1000, "w1", receipt(queue, "c1"))
     sync_redis.zadd(k.pending, {job.id: 0})
-    reply = await queue.scripts.call("claim", keys, [1, 1000, "w2:", 0])
-    assert reply[1] == 1 and len(reply) == 2
-    assert sync_redis.hget(k.tokens, job.id) == b"w1:0"
+    _, claim = await scripts.claim(1, 1000, "w2", receipt(queue, "c2"))
+    assert claim.stale == 1 and claim.jobs == []
+    assert sync_redis.hget(k.tokens, job.id) == b"w1:1"
 
 
-async def test_composed_finish_claim_runs_both_in_order(
-    queue: Queue, sync_redis: redis.Redis
+async def test_resent_claim_gets_its_first_jobs_not_others(
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis
 ) -> None:
-    """finish_claim records one job's outcome, then claims the next, in one script call."""
-    k = queue.keys
-    claim_keys = [k.pending, k.scheduled, k.priority, k.jobs, k.attempts, k.tokens, k.leases,
-                  k.wake, k.stats]  # fmt: skip
+    """A claim re-sent after a lost reply returns the jobs it leased the first time and pops
+    nothing more; only a new call (a new receipt) claims the next ones."""
+    jobs = await queue.submit_many(tasks.noop, [() for _ in range(4)])
+    r = receipt(queue, "w:fetch", 10)
+    _, first = await scripts.claim(2, 10_000, "w", r)
+    _, again = await scripts.claim(2, 10_000, "w", r)
+    assert [j.id for j in again.jobs] == [j.id for j in first.jobs] == [j.id for j in jobs[:2]]
+    assert [j.token for j in again.jobs] == ["w:10", "w:11"]
+    assert [j.attempts for j in again.jobs] == [1, 1]
+    assert sync_redis.zcard(queue.keys.pending) == 2
+    _, nxt = await scripts.claim(2, 10_000, "w", receipt(queue, "w:fetch", 12))
+    assert [j.id for j in nxt.jobs] == [j.id for j in jobs[2:]]
+
+
+async def test_composed_finish_claim_runs_both_in_order(queue: Queue, scripts: Scripts) -> None:
+    """One call records one job's outcome, then claims the next; re-sent, it answers the same."""
     first = await queue.submit(tasks.noop)
     second = await queue.submit(tasks.noop)
-    reply = await queue.scripts.call("claim", claim_keys, [1, 1000, "w:", 0])
-    assert reply[2].decode() == first.id
-    finish_keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
-                   k.dead, k.errors, k.wake, k.stats, k.result(first.id), k.jobs]  # fmt: skip
-    outcome = wire.encode(wire.Outcome(v=1, task="tests.tasks.noop", ok=True))
-    finish_args = [k.done_channel, first.id, "w:0", "ok", outcome, b"", 0, 60000, "0", "0"]
-    finished, claimed = await queue.scripts.call_pair(
-        "finish_claim", (finish_keys, finish_args), (claim_keys, [1, 1000, "w:", 1])
-    )
+    _, c1 = await scripts.claim(1, 1000, "w", receipt(queue, "f", 0))
+    assert c1.jobs[0].id == first.id
+    ok = FinishItem(first.id, "w:0", "ok", result=outcome(), ttl_ms=60_000)
+    r = receipt(queue, "f", 1)
+    finished, c2 = await scripts.claim(1, 1000, "w", r, [ok], DEAD)
     assert finished == [1]
-    assert claimed[2].decode() == second.id and claimed[3] == b"w:1"
+    assert c2.jobs[0].id == second.id and c2.jobs[0].token == "w:1"
+    assert await scripts.claim(1, 1000, "w", r, [ok], DEAD) == (finished, c2)
     assert await first.result(timeout=5) is None
 
 
-@pytest.mark.parametrize("kind", ["ok", "retry", "dead"])
-async def test_finish_retried_after_lost_reply_is_not_fenced(
-    queue: Queue, sync_redis: redis.Redis, kind: str
+@pytest.mark.parametrize("kind", ["ok", "retry", "dead", "release"])
+async def test_finish_resent_after_lost_reply_is_not_fenced(
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis, kind: str
 ) -> None:
-    """A finish call re-sent after its reply was lost reports success again and counts no
-    fencing; a different outcome with the same stale token is fenced."""
+    """A finish re-sent after its reply was lost answers as the first time, counts nothing
+    twice and no fencing; a different outcome under the stale token is fenced."""
     k = queue.keys
-    claim_keys = [k.pending, k.scheduled, k.priority, k.jobs, k.attempts, k.tokens, k.leases,
-                  k.wake, k.stats]  # fmt: skip
     job = await queue.submit(tasks.noop)
-    await queue.scripts.call("claim", claim_keys, [1, 10_000, "w:", 0])
-    keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled, k.dead,
-            k.errors, k.wake, k.stats, k.result(job.id), k.jobs]  # fmt: skip
-    args = [k.done_channel, job.id, "w:0", kind, b"outcome-1", b"error-1", 0, 60_000, "0", "0"]
-    assert await queue.scripts.call("finish", keys, args) == [1]
-    assert await queue.scripts.call("finish", keys, args) == [1]
+    await scripts.claim(1, 10_000, "w", receipt(queue, "c", 0))
+    item = FinishItem(job.id, "w:0", kind, result=outcome(), error=b"error-1", ttl_ms=60_000)  # type: ignore[arg-type]
+    r = receipt(queue, "w:finish")
+    assert await scripts.finish([item], r, DEAD) == [1]
+    assert await scripts.finish([item], r, DEAD) == [1]
+    counter = {"ok": "completed", "retry": "retried", "dead": "dead", "release": "released"}[kind]
+    assert sync_redis.hget(k.stats, counter) == b"1"
     assert sync_redis.hget(k.stats, "fenced") is None
-    other = [*args[:4], b"outcome-2", b"error-2", *args[6:]]
-    assert await queue.scripts.call("finish", keys, other) == [0]
+    if kind != "release":  # an outcome re-sent after its receipt expired is still recognised
+        assert await scripts.finish([item], receipt(queue, "w:finish", 2), DEAD) == [1]
+        assert sync_redis.hget(k.stats, "fenced") is None
+    other = FinishItem(job.id, "w:0", "ok", result=outcome(), ttl_ms=60_000)
+    assert await scripts.finish([other], receipt(queue, "w:finish", 3), DEAD) == [0]
     assert sync_redis.hget(k.stats, "fenced") == b"1"
+
+
+async def test_two_reapers_of_one_lease_count_one_recovery(
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis
+) -> None:
+    """Two workers recovering the same expired lease: one applies it, the other is told there
+    is nothing left to recover; neither counts fencing, and Redis counts one recovery."""
+    job = await queue.submit(tasks.noop)
+    await scripts.claim(1, 1, "gone", receipt(queue, "c"))
+    deadline = time.monotonic() + 5
+    while not (rows := await scripts.expired(10, DEAD)):
+        assert time.monotonic() < deadline, "the 1 ms lease never expired"
+    [row] = rows
+    assert row.id == job.id and row.holder_alive is False
+    item = FinishItem(row.id, row.token, "retry", error=b"lost", reaping=True)
+    assert await scripts.finish([item], receipt(queue, "a:reap"), DEAD) == [1]
+    assert await scripts.finish([item], receipt(queue, "b:reap"), DEAD) == [-2]
+    stats = sync_redis.hgetall(queue.keys.stats)
+    assert stats[b"recovered"] == b"1" and b"fenced" not in stats
+
+
+async def test_expired_lease_says_whether_its_holder_still_heartbeats(
+    queue: Queue, scripts: Scripts
+) -> None:
+    """Recovery can tell a lease that expired under a live worker from a dead worker's."""
+    await queue.submit(tasks.noop)
+    await scripts.heartbeat("alive", 60_000, [], receipt(queue, "beat"))
+    await scripts.claim(1, 1, "alive", receipt(queue, "c"))
+    deadline = time.monotonic() + 5
+    while not (rows := await scripts.expired(10, DEAD)):
+        assert time.monotonic() < deadline
+    assert rows[0].holder_alive is True
+
+
+async def test_resent_cancel_requeue_and_purge_answer_as_the_first_time(
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis
+) -> None:
+    """cancel, requeue and purge re-sent with their receipt report what the first call did."""
+    k = queue.keys
+    job = await queue.options(delay=60).submit(tasks.noop)
+    r = receipt(queue, "p1")
+    cancelled = outcome(ok=False)
+    assert await scripts._run("cancel", *_cancel_call(queue, job.id, cancelled), r) == [1]
+    assert await scripts._run("cancel", *_cancel_call(queue, job.id, cancelled), r) == [1]
+    assert sync_redis.hget(k.stats, "cancelled") == b"1"
+
+    dead = await queue.submit(tasks.noop)
+    await scripts.claim(1, 10_000, "w", receipt(queue, "c"))
+    item = FinishItem(dead.id, "w:1", "dead", result=outcome(False), error=b"e", ttl_ms=60_000)
+    await scripts.finish([item], receipt(queue, "f"), DEAD)
+    r = receipt(queue, "p2")
+    keys = [k.dead, k.attempts, k.errors, k.pending, k.priority, k.wake, k.jobs,
+            k.result(dead.id), k.jobs]  # fmt: skip
+    assert await scripts._run("requeue", keys, [dead.id, "0"], r) == [1]
+    assert await scripts._run("requeue", keys, [dead.id, "0"], r) == [1]
+    assert sync_redis.zscore(k.pending, dead.id) is not None
+
+    await scripts.claim(1, 10_000, "w", receipt(queue, "c", 5))
+    item = FinishItem(dead.id, "w:5", "dead", result=outcome(False), error=b"e", ttl_ms=60_000)
+    await scripts.finish([item], receipt(queue, "f", 2), DEAD)
+    r = receipt(queue, "p3")
+    keys = [k.dead, k.jobs, k.attempts, k.errors, k.priority]
+    assert await scripts._run("purge", keys, [dead.id], r) == 1
+    assert await scripts._run("purge", keys, [dead.id], r) == 1
+    assert not sync_redis.hexists(k.jobs, dead.id)
+
+
+def _cancel_call(queue: Queue, job_id: str, data: bytes) -> tuple[list[str], list[object]]:
+    k = queue.keys
+    keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats,
+            k.result(job_id), k.jobs]  # fmt: skip
+    return keys, [k.done_channel, 60_000, job_id, data, "0"]
+
+
+async def test_requeued_dead_letter_holds_its_dedup_key_again(
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis
+) -> None:
+    """Dead-lettering puts a TTL on the job's de-duplication key; requeueing it makes the key
+    persistent again, so it can't expire while the requeued job waits or runs."""
+    k = queue.keys
+    job = await queue.options(key="once").submit(tasks.noop)
+    await scripts.claim(1, 10_000, "w", receipt(queue, "c"))
+    item = FinishItem(
+        job.id, "w:1", "dead", result=outcome(False), error=b"e", ttl_ms=5_000, dedup="once"
+    )
+    await scripts.finish([item], receipt(queue, "f"), DEAD)
+    assert 0 < sync_redis.pttl(k.dedup("once")) <= 5_000
+    assert await scripts.requeue([(job.id, "once")]) == [True]
+    assert sync_redis.pttl(k.dedup("once")) == -1
+    assert sync_redis.get(k.dedup("once")) == job.id.encode()
+
+
+async def test_dead_letters_are_kept_within_their_count_and_age(
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis
+) -> None:
+    """Dead letters past the count cap go, oldest first, with their job data; ones past their
+    age go at the next recovery pass."""
+    k = queue.keys
+    jobs = await queue.submit_many(tasks.noop, [() for _ in range(5)])
+    _, claim = await scripts.claim(5, 10_000, "w", receipt(queue, "c"))
+    for i, leased in enumerate(claim.jobs):
+        item = FinishItem(
+            leased.id, leased.token, "dead", result=outcome(False), error=b"e", ttl_ms=60_000
+        )
+        await scripts.finish([item], receipt(queue, "f", i), (60_000, 3))
+    kept = [m.decode() for m in sync_redis.zrange(k.dead, 0, -1)]
+    assert kept == [j.id for j in jobs[2:]]
+    assert not sync_redis.hexists(k.jobs, jobs[0].id) and not sync_redis.hexists(
+        k.errors, jobs[0].id
+    )
+    assert await scripts.expired(10, (0, 1000)) == []
+    assert sync_redis.zcard(k.dead) == 0 and sync_redis.hlen(k.jobs) == 0
+
+
+async def test_dead_letters_and_info_are_one_round_trip_each(
+    queue: Queue, scripts: Scripts
+) -> None:
+    """dead_letters and info each read everything they show in one script call."""
+    job = await queue.submit(tasks.noop)
+    await scripts.heartbeat("live", 60_000, [], receipt(queue, "b1"))
+    await scripts.heartbeat("gone", 1, [], receipt(queue, "b2"))
+    _, claim = await scripts.claim(1, 10_000, "live", receipt(queue, "c"))
+    token = claim.jobs[0].token
+    item = FinishItem(job.id, token, "dead", result=outcome(False), error=b"e", ttl_ms=60_000)
+    await scripts.finish([item], receipt(queue, "f"), DEAD)
+    [row] = await scripts.dead_letters(10)
+    assert row.id == job.id and row.data is not None and row.errors is not None
+    info = await scripts.info()
+    assert (info.pending, info.running, info.dead) == (0, 0, 1)
+    assert info.live_workers == ["live"] and info.gone_workers == ["gone"]
+    assert info.counters["dead"] == 1
+
+
+async def test_resent_submit_says_created(queue: Queue, scripts: Scripts) -> None:
+    """A submit re-sent after a lost reply is told the job is its own (created), and adds
+    nothing; a de-duplication hit on another job's key is not."""
+    from aioqueue.scripts import NewJob
+
+    new = NewJob("j1", b"env", key="k")
+    assert await scripts.submit([new]) == [("j1", True)]
+    assert await scripts.submit([new]) == [("j1", True)]
+    assert await scripts.submit([NewJob("j2", b"env", key="k")]) == [("j1", False)]
+    assert await queue.redis.zcard(queue.keys.pending) == 1

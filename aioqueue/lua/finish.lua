@@ -2,14 +2,17 @@
 -- KEYS[1] jobs  KEYS[2] attempts  KEYS[3] tokens  KEYS[4] leases  KEYS[5] priority
 -- KEYS[6] pending  KEYS[7] scheduled  KEYS[8] dead  KEYS[9] errors  KEYS[10] wake  KEYS[11] stats
 -- then for job i (0-based): KEYS[12 + 2i] result:{id}, KEYS[13 + 2i] dedup:{key} (any key if none)
--- ARGV[1] pub/sub channel for finished ids
+-- ARGV[1] pub/sub channel for finished ids, ARGV[2] dead_ttl_ms, ARGV[3] max_dead
 -- then per job (9 each): id, token, kind, result, error, delay_ms, ttl_ms, has_dedup, reaping
 --   kind: "ok"      store result (TTL), forget the job
 --         "retry"   append error, schedule the next attempt after delay_ms
 --         "dead"    append error, store the failure as result (TTL), move to the dead letters
 --         "release" hand the job back untouched; the attempt does not count
 --   reaping = "1": the caller recovers an expired lease; act only while it is still expired
--- Returns per job: 1 applied, 0 fenced (the caller no longer holds the job), -1 lease alive.
+-- Returns per job: 1 applied, 0 fenced (the caller no longer holds the job), -1 lease alive
+-- (reaping), -2 nothing to recover (reaping: another worker recovered it, or it finished).
+-- A call re-sent after a lost reply is answered by its receipt (see scripts.py); an outcome
+-- re-sent after the receipt expired is still recognised by its bytes and not counted as fenced.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- A deletion first (of nothing): Redis refuses a script at maxmemory only when its first write
@@ -18,35 +21,40 @@ redis.call('HDEL', KEYS[3], '')
 local out = {}
 local done = {}
 local woke = false
-local n = (#ARGV - 1) / 9
+local died = false
+local H = 3
+local n = (#ARGV - H) / 9
 for i = 0, n - 1 do
-  local b = 1 + i * 9
+  local b = H + i * 9
   local id, token, kind = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local reaping = ARGV[b + 9] == '1'
   local rkey, dkey = KEYS[12 + 2 * i], KEYS[13 + 2 * i]
   local ttl = tonumber(ARGV[b + 7])
   local lease = redis.call('ZSCORE', KEYS[4], id)
-  local applied = false
-  if redis.call('HGET', KEYS[3], id) ~= token or not lease then
-    -- a call retried after its reply was lost: its outcome is already there, byte for byte
+  local held = lease and redis.call('HGET', KEYS[3], id) == token
+  local again = false
+  if not held and not reaping then
     if kind == 'ok' or kind == 'dead' then
-      applied = redis.call('GET', rkey) == ARGV[b + 4]
+      again = redis.call('GET', rkey) == ARGV[b + 4]
     elseif kind == 'retry' then
       local prev = redis.call('HGET', KEYS[9], id)
       local rec = struct.pack('>I4', #ARGV[b + 5]) .. ARGV[b + 5]
-      applied = prev and string.sub(prev, -#rec) == rec
+      again = prev and string.sub(prev, -#rec) == rec
     end
   end
-  if applied then
+  if again then
     out[#out + 1] = 1
-  elseif redis.call('HGET', KEYS[3], id) ~= token or not lease then
+  elseif not held and reaping then
+    out[#out + 1] = -2
+  elseif not held then
     redis.call('HINCRBY', KEYS[11], 'fenced', 1)
     out[#out + 1] = 0
-  elseif ARGV[b + 9] == '1' and tonumber(lease) >= now then
+  elseif reaping and tonumber(lease) >= now then
     out[#out + 1] = -1
   else
     redis.call('ZREM', KEYS[4], id)
     redis.call('HDEL', KEYS[3], id)
-    if ARGV[b + 9] == '1' then
+    if reaping then
       redis.call('HINCRBY', KEYS[11], 'recovered', 1)
     end
     if kind == 'ok' then
@@ -61,6 +69,7 @@ for i = 0, n - 1 do
       redis.call('HINCRBY', KEYS[2], id, -1)
       local p = tonumber(redis.call('HGET', KEYS[5], id) or '0')
       redis.call('ZADD', KEYS[6], -p, id)
+      redis.call('HINCRBY', KEYS[11], 'released', 1)
       woke = true
     else
       local err = ARGV[b + 5]
@@ -81,15 +90,17 @@ for i = 0, n - 1 do
         redis.call('ZADD', KEYS[8], now, id)
         redis.call('HINCRBY', KEYS[11], 'dead', 1)
         done[#done + 1] = id
+        died = true
       end
     end
-    if kind == 'ok' or kind == 'dead' then
-      if ARGV[b + 8] == '1' then
-        redis.call('PEXPIRE', dkey, ttl)
-      end
+    if (kind == 'ok' or kind == 'dead') and ARGV[b + 8] == '1' then
+      redis.call('PEXPIRE', dkey, ttl)
     end
     out[#out + 1] = 1
   end
+end
+if died then
+  trim_dead(KEYS[8], KEYS[1], KEYS[2], KEYS[9], KEYS[5], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 end
 if woke and redis.call('LLEN', KEYS[10]) == 0 then
   redis.call('RPUSH', KEYS[10], '1')

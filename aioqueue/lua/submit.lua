@@ -1,4 +1,6 @@
--- submit: add jobs, idempotently (a retried call after a lost reply adds nothing twice).
+-- submit: add jobs, idempotently. Job ids are made by the submitting client, one per job, so an
+-- id that exists already can only be this very call re-sent after a lost reply: it gets the
+-- first answer (created) and writes nothing twice.
 -- KEYS[1] jobs       hash   id -> envelope
 -- KEYS[2] pending    zset   id -> -priority
 -- KEYS[3] scheduled  zset   id -> run-at (ms, Redis clock)
@@ -7,7 +9,7 @@
 -- then for job i (0-based): KEYS[6 + 2i] result:{id}, KEYS[7 + 2i] dedup:{key} (any key if none)
 -- ARGV per job (5 each): id, envelope, priority, delay_ms, has_dedup ("1" or "0")
 -- Returns a flat array, per job: the job id that holds the work (the original one on a
--- de-duplication hit), and 1 when this call created it, else 0.
+-- de-duplication hit), and 1 when it is this call's job, 0 when another job holds the key.
 local out = {}
 local woke = false
 local now = nil
@@ -24,10 +26,10 @@ for i = 0, n - 1 do
   end
   if other then
     out[#out + 1] = other
-    out[#out + 1] = 0
+    out[#out + 1] = other == id and 1 or 0
   elseif redis.call('HEXISTS', KEYS[1], id) == 1 or redis.call('EXISTS', rkey) == 1 then
-    out[#out + 1] = id
-    out[#out + 1] = 0
+    out[#out + 1] = id  -- this call, re-sent: the job is there (or already finished)
+    out[#out + 1] = 1
   else
     redis.call('HSET', KEYS[1], id, ARGV[i * 5 + 2])
     if prio ~= 0 then

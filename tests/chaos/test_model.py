@@ -3,20 +3,24 @@
 Rules: submit (new or duplicate id, now or delayed), claim with a tiny (1 ms) or a long lease,
 heartbeat, finish ok/retry/dead/release with the current or a stale token, a worker crash (its
 tokens are forgotten), requeue of the dead letters, and reaping: a real 3 ms wait, then
-``expired`` and ``finish`` with ``reaping``. Delays are 0 or a minute, and reaping waits past
-every tiny lease, so each step's outcome is independent of timing (Hypothesis can replay it).
+``expired`` and ``finish`` with ``reaping``; and the re-send of the last call exactly as a client
+re-sends it after a lost reply (same arguments, same receipt), which must answer as the first
+time and change nothing. Delays are 0 or a minute, and reaping waits past every tiny lease, so
+each step's outcome is independent of timing (Hypothesis can replay it).
 After every step each job must be in exactly one state, that state must be the model's,
 attempts must match, and the counts must be conserved.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 import redis
+import redis.asyncio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -27,15 +31,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from aioqueue.scripts import FinishItem, NewJob, Receipt, Scripts
 from aioqueue.testing import RedisServer
-
-try:
-    from aioqueue.scripts import _SOURCES
-except ImportError:  # the scripts' argument layout changed with them: the model must follow
-    pytest.skip(
-        "aioqueue.scripts no longer exposes _SOURCES; the model drives the old script layout",
-        allow_module_level=True,
-    )
 
 from .harness import KEYS
 
@@ -44,6 +41,8 @@ pytestmark = [pytest.mark.chaos]
 K = KEYS
 MAX_ATTEMPTS = 3
 LONG = 60_000
+DEAD = (3_600_000, 1_000_000)  # dead-letter retention far beyond the run
+T = TypeVar("T")
 
 
 def _s(v: bytes | str) -> str:
@@ -57,7 +56,11 @@ class QueueMachine(RuleBasedStateMachine):
         super().__init__()
         self.r = redis.Redis(port=self.port)
         self.r.flushall()
-        self.sc = {name: self.r.register_script(src) for name, src in _SOURCES.items()}
+        self.loop = asyncio.new_event_loop()
+        self.client = redis.asyncio.Redis(port=self.port)
+        self.sc = Scripts(self.client, K, f"redis://127.0.0.1:{self.port}")
+        self.calls = 0
+        self.last: tuple[Callable[[], Awaitable[Any]], Any, tuple[Any, ...]] | None = None
         self.state: dict[str, str] = {}  # id -> queued, leased, done, dead
         self.attempts: dict[str, int] = {}
         self.token: dict[str, str] = {}  # current lease holder token, per leased id
@@ -69,20 +72,35 @@ class QueueMachine(RuleBasedStateMachine):
         self.fenced = 0
 
     def teardown(self) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
         self.r.close()
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _receipt(self, channel: str, first: int | None = None) -> Receipt:
+        """A receipt on one of the model worker's channels (each has its own key, as a real
+        worker's fetch, finish and beat channels do)."""
+        self.calls += 1
+        call = self.calls if first is None else first
+        return Receipt(K.receipt(f"model:{channel}"), str(call), LONG)
+
+    def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one script call; remember it, and what it left, for :meth:`resend_last`."""
+        reply = self.loop.run_until_complete(fn())
+        self.last = (fn, reply, self._dump())
+        return reply
+
     def _finish(self, id_: str, token: str, kind: str, delay: int, reaping: bool) -> int:
-        keys = [K.jobs, K.attempts, K.tokens, K.leases, K.priority, K.pending, K.scheduled,
-                K.dead, K.errors, K.wake, K.stats, K.result(id_), K.jobs]  # fmt: skip
         # every call's outcome bytes are unique, as real ones are (they carry the attempt number,
-        # the error and a timestamp); only a retried call repeats them
-        self.calls = getattr(self, "calls", 0) + 1
-        tag = f"{id_}/{token}/{kind}/{'reaper' if reaping else 'holder'}/{self.calls}".encode()
-        args = [K.done_channel, id_, token, kind, b"result " + tag, b"error " + tag, delay, LONG,
-                "0", "1" if reaping else "0"]  # fmt: skip
-        return int(self.sc["finish"](keys=keys, args=args)[0])
+        # the error and a timestamp); only a re-sent call repeats them
+        r = self._receipt("finish")
+        tag = f"{id_}/{token}/{kind}/{'reaper' if reaping else 'holder'}/{r.call}".encode()
+        item = FinishItem(
+            id_, token, kind, result=b"result " + tag, error=b"error " + tag,  # type: ignore[arg-type]
+            delay_ms=delay, ttl_ms=LONG, reaping=reaping,
+        )  # fmt: skip
+        return self._call(lambda: self.sc.finish([item], r, DEAD))[0]
 
     def _apply(self, id_: str, kind: str) -> None:
         self.token.pop(id_, None)
@@ -106,26 +124,25 @@ class QueueMachine(RuleBasedStateMachine):
         else:
             id_ = f"j{self.n:04d}"
             self.n += 1
-        keys = [K.jobs, K.pending, K.scheduled, K.priority, K.wake, K.result(id_), K.jobs]
-        reply = self.sc["submit"](keys=keys, args=[id_, b"env-" + id_.encode(), 0, delay, "0"])
-        created = bool(reply[1])
-        assert _s(reply[0]) == id_
-        # an id is admitted again once it is gone for good (neither a job nor a result)
-        assert created == (id_ not in self.state), (id_, self.state.get(id_))
-        if created:
+        job = NewJob(id_, b"env-" + id_.encode(), 0, delay)
+        before = self._dump()
+        [(held_by, created)] = self._call(lambda: self.sc.submit([job]))
+        # an id of a job that exists (or finished) is this submit re-sent: it is told the job
+        # is its own, and nothing is written
+        assert held_by == id_ and created
+        if id_ in self.state:
+            assert self._dump() == before
+        else:
             self.state[id_] = "queued"
             self.attempts[id_] = 0
 
     @rule(k=st.integers(1, 3), short=st.booleans())
     def claim(self, k: int, short: bool) -> None:
-        keys = [K.pending, K.scheduled, K.priority, K.jobs, K.attempts, K.tokens, K.leases,
-                K.wake, K.stats]  # fmt: skip
-        reply = self.sc["claim"](keys=keys, args=[k, 1 if short else LONG, "w:", self.seq])
+        r = self._receipt("fetch", self.seq)
         self.seq += k
-        assert int(reply[1]) == 0  # no stale entries are ever created by the scripts
-        claimed = [
-            (_s(reply[i]), _s(reply[i + 1]), int(reply[i + 2])) for i in range(2, len(reply), 4)
-        ]
+        _, reply = self._call(lambda: self.sc.claim(k, 1 if short else LONG, "w", r))
+        assert reply.stale == 0  # no stale entries are ever created by the scripts
+        claimed = [(j.id, j.token, j.attempts) for j in reply.jobs]
         assert len(claimed) <= k
         for id_, token, attempts in claimed:
             assert self.state[id_] == "queued", (id_, self.state[id_])
@@ -142,11 +159,9 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule()
     def heartbeat(self) -> None:
-        pairs: list[Any] = []
-        for id_, token in sorted(self.held.items()):
-            pairs += [id_, token]
-        lost = {_s(x) for x in self.sc["heartbeat"](
-            keys=[K.leases, K.tokens, K.workers], args=["w", LONG, *pairs])}  # fmt: skip
+        pairs = sorted(self.held.items())
+        r = self._receipt("beat")
+        lost = set(self._call(lambda: self.sc.heartbeat("w", LONG, pairs, r)))
         expected = {i for i, t in self.held.items() if self.token.get(i) != t}
         assert lost == expected
         for id_ in self.held:
@@ -182,7 +197,8 @@ class QueueMachine(RuleBasedStateMachine):
         before = self._dump()
         assert self._finish(id_, token, kind, 0, reaping=False) == 0
         self.fenced += 1
-        assert self._dump() == before, "a stale finish changed state"
+        after = self._dump()
+        assert after[:8] + after[9:] == before[:8] + before[9:], "a stale finish changed state"
 
     @rule()
     def crash(self) -> None:
@@ -192,10 +208,10 @@ class QueueMachine(RuleBasedStateMachine):
     def reap(self) -> None:
         # wait past every tiny (1 ms) lease, so that exactly the model's short leases are due
         time.sleep(0.003)
-        reply = self.sc["expired"](keys=[K.leases, K.tokens, K.attempts, K.jobs], args=[1000])
-        assert {_s(reply[i]) for i in range(0, len(reply), 4)} == self.short
-        for i in range(0, len(reply), 4):
-            id_, token, attempts = _s(reply[i]), _s(reply[i + 1]), int(reply[i + 2])
+        rows = self.loop.run_until_complete(self.sc.expired(1000, DEAD))
+        assert {row.id for row in rows} == self.short
+        for row in rows:
+            id_, token, attempts = row.id, row.token, row.attempts
             assert self.state[id_] == "leased" and id_ in self.short, (id_, self.state[id_])
             assert token == self.token[id_] and attempts == self.attempts[id_]
             kind = "retry" if attempts < MAX_ATTEMPTS else "dead"
@@ -206,12 +222,21 @@ class QueueMachine(RuleBasedStateMachine):
     @rule()
     def requeue(self) -> None:
         dead = sorted(i for i, s in self.state.items() if s == "dead")
-        keys = [K.dead, K.attempts, K.errors, K.pending, K.priority, K.wake, K.jobs]
-        keys += [K.result(i) for i in dead]
-        assert [int(x) for x in self.sc["requeue"](keys=keys, args=dead)] == [1] * len(dead)
+        jobs = [(i, None) for i in dead]
+        assert self._call(lambda: self.sc.requeue(jobs)) == [True] * len(dead)
         for id_ in dead:
             self.state[id_] = "queued"
             self.attempts[id_] = 0
+
+    @precondition(lambda self: self.last is not None)
+    @rule()
+    def resend_last(self) -> None:
+        """The last call again, as redis-py re-sends it after a lost reply: same arguments, same
+        receipt. It answers as the first time and changes nothing (counters included)."""
+        assert self.last is not None
+        fn, reply, after = self.last
+        assert self.loop.run_until_complete(fn()) == reply
+        assert self._dump() == after
 
     # -- invariants ----------------------------------------------------------------------------
 
@@ -219,7 +244,7 @@ class QueueMachine(RuleBasedStateMachine):
         p = self.r.pipeline(transaction=True)
         for key in (K.pending, K.scheduled, K.leases, K.dead):
             p.zrange(key, 0, -1, withscores=True)
-        for key in (K.jobs, K.attempts, K.tokens, K.errors):
+        for key in (K.jobs, K.attempts, K.tokens, K.errors, K.stats):
             p.hgetall(key)
         p.keys(K.result("*"))
         out = p.execute()
@@ -228,7 +253,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def one_state_each(self) -> None:
-        pending, scheduled, leases, dead, jobs, attempts, tokens, _, results = self._dump()
+        pending, scheduled, leases, dead, jobs, attempts, tokens, _, _, results = self._dump()
         sets = {
             "pending": {_s(m) for m, _ in pending},
             "scheduled": {_s(m) for m, _ in scheduled},

@@ -1,0 +1,98 @@
+"""What a worker keeps about its jobs and calls: held jobs, call channels, the outage log."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ..keys import Keys
+from ..scripts import LeasedJob, Receipt
+from ..wire import Envelope, decode_envelope
+
+if TYPE_CHECKING:
+    from .pool import Work
+
+__all__ = ("Channel", "Held", "Outage", "envelope_of")
+
+log = logging.getLogger("aioqueue.worker")
+
+
+@dataclass(eq=False)
+class Held:
+    """A job this worker holds a lease on, from its claim until its outcome is recorded."""
+
+    job: LeasedJob
+    env: Envelope | None = None  # decoded once, at start
+    work: Work | None = None  # in the pool, until the child's reply
+    lost: bool = False  # the lease was lost: drop whatever comes of it
+    finishing: bool = False  # its outcome is queued for the finish script
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def token(self) -> str:
+        return self.job.token
+
+    @property
+    def attempts(self) -> int:
+        return self.job.attempts
+
+    @property
+    def task(self) -> str:
+        return self.env.task if self.env is not None else "?"
+
+
+def envelope_of(data: bytes) -> Envelope | None:
+    """The job's envelope, or None when its bytes don't decode."""
+    try:
+        return decode_envelope(data)
+    except msgspec.DecodeError:
+        return None
+
+
+class Channel:
+    """One kind of call a worker makes (fetch, finish, beat, reap), one call at a time.
+
+    Each call gets a receipt under the channel's key; a call whose reply was lost is re-sent as
+    is, with the same receipt, before the channel's next call, and so gets its first answer.
+    """
+
+    def __init__(self, keys: Keys, worker: str, name: str, ttl_ms: int) -> None:
+        self.key = keys.receipt(f"{worker}:{name}")
+        self.ttl_ms = ttl_ms
+        self._seq = 1
+
+    def next(self, width: int = 1) -> Receipt:
+        """A receipt for the next call; ``width`` numbers are reserved (a claim's tokens)."""
+        receipt = Receipt(self.key, str(self._seq), self.ttl_ms)
+        self._seq += max(width, 1)
+        return receipt
+
+
+class Outage:
+    """Logs a Redis outage once when it starts and once when it ends, not once per failure."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.since: float | None = None
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(
+                "Redis at %s: %s failed (%s: %s); retrying with backoff",
+                self.url, what, type(exc).__name__, exc,
+            )  # fmt: skip
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "Redis at %s answers again after %.1fs", self.url, time.monotonic() - self.since
+            )
+            self.since = None

@@ -1,0 +1,141 @@
+"""The fetch loop: claims as many jobs as live children can take, and blocks between claims.
+
+No sleep-and-poll: between claims the loop blocks on the queue's wake-up list (bounded by
+``block_timeout``), and only the last 100 ms before a delayed job is due are waited out here,
+because Redis ends blocking waits on its own 100 ms clock (hz 10).
+
+A claim whose reply was lost is re-sent as is, under the same receipt, before anything else: it
+then returns the jobs it leased the first time instead of popping others, so no job sits leased
+to a worker that never heard of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..scripts import ClaimReply, Receipt
+from .backoff import Backoff
+from .finisher import Pending
+
+if TYPE_CHECKING:
+    from .supervisor import Worker
+
+__all__ = ("Fetcher",)
+
+log = logging.getLogger("aioqueue.worker")
+
+BLOCK_RESOLUTION = 0.1  # seconds: how late Redis may end a blocking wait (1 / its default hz)
+
+
+@dataclass(eq=False, slots=True)
+class _Claim:
+    """A claim sent and not answered yet, with the outcomes that travel with it."""
+
+    receipt: Receipt
+    k: int
+    outcomes: list[Pending]
+
+
+class Fetcher:
+    """Claims jobs for one worker and hands them to it."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        self.unanswered: _Claim | None = None
+
+    def _free(self) -> int:
+        """Jobs to claim now: what live children can take, plus the prefetch, less what is held.
+        With prefetch, refill in batches: claim again once half of it is used up."""
+        w, s = self.w, self.w.settings
+        capacity = w.capacity()
+        if not capacity:
+            return 0
+        free = capacity + s.prefetch - w.running
+        return free if w.running <= capacity + s.prefetch // 2 else 0
+
+    async def _send(self) -> ClaimReply:
+        """Send the unanswered claim (re-sent as is until Redis answers it)."""
+        w, c = self.w, self.unanswered
+        assert c is not None
+        replies, claim = await w.scripts.claim(
+            c.k, w.lease_ms, w.id, c.receipt, [p.item for p in c.outcomes], w.dead
+        )
+        self.unanswered = None
+        w.finisher.settle(c.outcomes, replies)
+        return claim
+
+    def _new_claim(self, k: int) -> None:
+        w = self.w
+        self.unanswered = _Claim(w.fetch_channel.next(k), k, w.finisher.take())
+
+    async def run(self) -> None:
+        w, s = self.w, self.w.settings
+        backoff = Backoff(cap=1.0)  # resume within about a second of Redis coming back
+        while not w.stopping.is_set():
+            if self.unanswered is None:
+                free = self._free()
+                if free <= 0:
+                    await w.wait_change()
+                    continue
+                self._new_claim(free)
+            try:
+                claim = await self._send()
+                w.outage.ok()
+                backoff.reset()
+                self._took(claim)
+                if claim.jobs:
+                    continue
+                if s.burst and not w.running and await w.queue_empty():
+                    log.info("burst: queue empty, stopping")
+                    w.stopping.set()
+                    return
+                await self._block(claim.next_due_ms)
+            except Exception as exc:
+                w.outage.failed("fetching jobs", exc)
+                await backoff.sleep()
+
+    def _took(self, claim: ClaimReply) -> None:
+        w = self.w
+        if claim.stale:
+            w.counters["stale"] += claim.stale
+            log.warning(
+                "skipped %d stale queue entries (job finished or held elsewhere)", claim.stale
+            )
+        for held in [w.adopt(job) for job in claim.jobs]:
+            w.start(held)
+
+    async def _block(self, next_due_ms: int) -> None:
+        w = self.w
+        timeout = w.settings.block_timeout
+        if next_due_ms >= 0:
+            due = next_due_ms / 1000
+            if due <= BLOCK_RESOLUTION:
+                await anyio.sleep(due)
+                return
+            timeout = min(timeout, due - BLOCK_RESOLUTION)
+        await w.redis.blpop([w.keys.wake], timeout=max(timeout, 0.01))
+
+    async def settle(self, timeout: float) -> None:
+        """On the way out: get the answer to a claim cut short, and hand its jobs back."""
+        if self.unanswered is None:
+            return
+        w = self.w
+        backoff = Backoff(cap=1.0)
+        with anyio.move_on_after(timeout):
+            while True:
+                try:
+                    claim = await self._send()
+                    break
+                except Exception as exc:
+                    w.outage.failed("settling the last claim", exc)
+                    await backoff.sleep()
+        if self.unanswered is not None:
+            log.warning("the last claim got no answer; its jobs return when their lease expires")
+            return
+        for job in claim.jobs:
+            held = w.adopt(job)
+            w.job_done(held, w.outcomes.release(held))

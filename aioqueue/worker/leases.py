@@ -1,0 +1,77 @@
+"""Leases: heartbeats that extend this worker's leases, and recovery of expired ones.
+
+Heartbeats run on the supervisor's event loop, which CPU work never blocks, so leases can be
+short. Recovery runs in every worker and is safe when several run it at once: the finish script
+acts only on a lease that is still expired, and tells the others there is nothing to recover.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..scripts import FinishItem, Receipt
+from ._state import Held, envelope_of
+
+if TYPE_CHECKING:
+    from .supervisor import Worker
+
+__all__ = ("heartbeat_loop", "recovery_loop")
+
+log = logging.getLogger("aioqueue.worker")
+
+RECOVER_BATCH = 100
+
+
+async def heartbeat_loop(w: Worker) -> None:
+    """Extend the leases of every held job; abandon the ones whose lease was lost."""
+    first = True
+    while True:
+        if not first:  # the first beat registers the worker at once
+            await anyio.sleep(w.settings.heartbeat)
+        first = False
+        pairs = [(h.id, h.token) for h in w.held.values()]
+        try:
+            lost = await w.scripts.heartbeat(w.id, w.lease_ms, pairs, w.beat_channel.next())
+        except Exception as exc:
+            w.outage.failed("heartbeat", exc)
+            continue
+        w.outage.ok()
+        for job_id in lost:
+            held = w.held.get(job_id)
+            if held is None or held.finishing:
+                continue  # an outcome on its way is fenced by the finish script if need be
+            held.lost = True
+            log.warning("job %s: lease lost (presumed dead or cut off); abandoning", held.id)
+            if held.work is not None and w.pool is not None:
+                w.pool.cancel(held.work)
+
+
+async def recovery_loop(w: Worker) -> None:
+    """Every ``maintenance_interval`` (jittered): recover jobs whose lease expired."""
+    unanswered: tuple[Receipt, list[FinishItem]] | None = None
+    while True:
+        await anyio.sleep(w.settings.maintenance_interval * (0.75 + random.random() / 2))
+        try:
+            if unanswered is None:
+                rows = await w.scripts.expired(RECOVER_BATCH, w.dead)
+                if not rows:
+                    continue
+                unanswered = (
+                    w.reap_channel.next(),
+                    [w.outcomes.lost(Held(j, envelope_of(j.data))) for j in rows],
+                )
+            receipt, items = unanswered
+            replies = await w.scripts.finish(items, receipt, w.dead)
+        except Exception as exc:
+            w.outage.failed("recovering expired leases", exc)
+            continue
+        unanswered = None
+        for item, applied in zip(items, replies, strict=True):
+            w.count(item, applied)
+        n = sum(1 for r in replies if r == 1)
+        if n:
+            log.warning("recovered %d jobs whose lease expired", n)

@@ -1,0 +1,133 @@
+"""What came of an attempt, as the outcome to record: a result, a retry or a dead letter."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+
+import msgspec
+
+from .. import wire
+from ..queue import Queue
+from ..scripts import FinishItem
+from ._state import Held
+from .retry import retry_delay
+from .settings import WorkerSettings
+
+__all__ = ("Outcomes",)
+
+log = logging.getLogger("aioqueue.worker")
+
+
+def _attempts(n: int) -> str:
+    return f"{n} attempt{'s' if n != 1 else ''}"
+
+
+class Outcomes:
+    """Builds the :class:`FinishItem` for each way a job can end, with the queue's TTLs and the
+    worker's retry policy."""
+
+    def __init__(self, queue: Queue, settings: WorkerSettings) -> None:
+        self.queue = queue
+        self.settings = settings
+
+    def _ttl_ms(self, held: Held) -> int:
+        env = held.env
+        ttl = env.result_ttl if env is not None and env.result_ttl else self.queue.result_ttl
+        return int(ttl * 1000)
+
+    def _dedup(self, held: Held) -> str | None:
+        return held.env.key if held.env is not None else None
+
+    def retries(self, env: wire.Envelope | None) -> int:
+        """Attempts after the first: the job's own setting, else its task's (0 if unknown)."""
+        if env is None:
+            return 0
+        if env.retries is not None:
+            return env.retries
+        td = self.queue.tasks.get(env.task)
+        return td.retries if td is not None else 0
+
+    def success(self, held: Held, value: msgspec.Raw) -> FinishItem:
+        outcome = wire.Outcome(
+            v=wire.WIRE_VERSION, task=held.task, ok=True, value=value,
+            attempts=held.attempts, finished=time.time(),
+        )  # fmt: skip
+        return FinishItem(
+            held.id, held.token, "ok", result=wire.encode(outcome), ttl_ms=self._ttl_ms(held),
+            dedup=self._dedup(held),
+        )  # fmt: skip
+
+    def release(self, held: Held) -> FinishItem:
+        return FinishItem(held.id, held.token, "release")
+
+    def failure(
+        self, held: Held, err: wire.ErrorInfo, retries: int | None = None, *, reaping: bool = False
+    ) -> FinishItem:
+        """A failed attempt: retried after backoff while retries are left, else dead-lettered.
+
+        ``retries=None``: the job's own; ``reaping``: a lost worker's job, retried at once.
+        """
+        s = self.settings
+        err = msgspec.structs.replace(err, attempt=held.attempts)
+        if retries is None:
+            retries = self.retries(held.env)
+        delay = retry_delay(
+            held.attempts, retries, backoff=s.retry_backoff, backoff_max=s.retry_backoff_max,
+            jitter=random.random(), immediate=reaping,
+        )  # fmt: skip
+        ttl_ms, dedup = self._ttl_ms(held), self._dedup(held)
+        if delay is not None:
+            log.info(
+                "job %s: %s attempt %d failed (%s: %s); retry in %.2fs",
+                held.id, held.task, held.attempts, err.type, err.message, delay,
+            )  # fmt: skip
+            return FinishItem(
+                held.id, held.token, "retry", error=wire.encode(err),
+                delay_ms=math.ceil(delay * 1000), ttl_ms=ttl_ms, dedup=dedup, reaping=reaping,
+            )  # fmt: skip
+        log.warning(
+            "job %s: %s failed after %s (%s: %s); dead-lettered",
+            held.id, held.task, _attempts(held.attempts), err.type, err.message,
+        )  # fmt: skip
+        outcome = wire.Outcome(
+            v=wire.WIRE_VERSION, task=held.task, ok=False, error=err, attempts=held.attempts,
+            finished=time.time(),
+        )  # fmt: skip
+        return FinishItem(
+            held.id, held.token, "dead", result=wire.encode(outcome), error=wire.encode(err),
+            ttl_ms=ttl_ms, dedup=dedup, reaping=reaping,
+        )  # fmt: skip
+
+    def dead(self, held: Held, type_: str, message: str, kind: str, tb: str = "") -> FinishItem:
+        """A job that can't run at all (malformed, unknown task): dead-lettered at once."""
+        err = wire.ErrorInfo(type=type_, message=message, traceback=tb, kind=kind)
+        return self.failure(held, err, retries=0)
+
+    def reply(self, held: Held, reply: wire.ChildReply) -> FinishItem:
+        """What a child's reply means for the job."""
+        if reply.ok:
+            return self.success(held, reply.value)
+        err = reply.error or wire.ErrorInfo(type="Error", message="unknown failure")
+        if err.kind in ("malformed", "unknown_task"):
+            return self.dead(held, err.type, err.message, err.kind, err.traceback)
+        return self.failure(held, err)
+
+    def lost(self, held: Held) -> FinishItem:
+        """An expired lease found by recovery: the holder's attempt failed as WorkerLost."""
+        holder = held.token.rpartition(":")[0] or "?"
+        if held.job.holder_alive:
+            why = (
+                f"the lease expired while its worker {holder} was still heartbeating: the "
+                "worker held the job without renewing its lease (its supervisor loop stalled, "
+                "or it lost track of the job)"
+            )
+        else:
+            why = (
+                f"the lease expired: its worker {holder} stopped heartbeating (killed, crashed, "
+                "paused or cut off from Redis)"
+            )
+        err = wire.ErrorInfo(type="WorkerLost", message=why, kind="lost")
+        return self.failure(held, err, reaping=True)
