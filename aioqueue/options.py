@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .job import Job
     from .queue import Queue
 
-__all__ = ("Call", "Options", "Submitter")
+__all__ = ("Call", "Options", "Submits", "Submitter")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -110,22 +110,14 @@ def specs(calls: Iterable[tuple[Any, ...] | Call], options: Options) -> list[Spe
     return out
 
 
-class Submitter:
-    """Submits with fixed options: ``queue.options(key=..., delay=...).submit(fn, ...)``.
+class Submits:
+    """``submit`` and ``submit_many``, shared by :class:`~aioqueue.Queue` (no options) and
+    :class:`Submitter` (its options)."""
 
-    Returned by :meth:`Queue.options`; the options are checked when it is made.
-    """
+    __slots__ = ()
 
-    __slots__ = ("_queue", "options")
-
-    def __init__(self, queue: Queue, options: Options) -> None:
-        options.validate()
-        self._queue = queue
-        #: the options every submit through this submitter carries.
-        self.options = options
-
-    def __repr__(self) -> str:
-        return f"Submitter({self._queue!r}, {self.options!r})"
+    def _target(self) -> tuple[Queue, Options]:
+        raise NotImplementedError
 
     @overload
     async def submit(
@@ -136,8 +128,21 @@ class Submitter:
     @overload
     async def submit(self, fn: str, *args: Any, **kwargs: Any) -> Job[Any]: ...
     async def submit(self, fn: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Job[Any]:
-        """Submit one job with these options (see :meth:`Queue.submit`)."""
-        return (await self._queue._submit(fn, [(args, kwargs, self.options)]))[0]
+        """Submit one job; returns once the job is durably in Redis.
+
+        ``fn`` is a registered task, or a task's registered name (the producer need not import
+        the task's code). With the function at hand, arguments are checked against its signature
+        and annotations before anything is written.
+
+        :raises ArgumentError: arguments don't fit the task (names the parameter).
+        :raises SerializationError: an argument can't be encoded (names the parameter).
+        :raises PayloadTooLarge: the encoded job is over ``max_payload``.
+        :raises UnknownTask: ``fn`` is a function that is not a task of this queue.
+        :raises RedisUnavailable: Redis could not be reached after a bounded wait.
+        :raises RedisOutOfMemory: Redis is at ``maxmemory``; nothing was written.
+        """
+        queue, options = self._target()
+        return (await queue._submit(fn, [(args, kwargs, options)]))[0]
 
     @overload
     async def submit_many(
@@ -156,5 +161,29 @@ class Submitter:
     async def submit_many(
         self, fn: Callable[..., Any] | str, calls: Iterable[tuple[Any, ...] | Call]
     ) -> list[Job[Any]]:
-        """Submit many jobs with these options (see :meth:`Queue.submit_many`)."""
-        return await self._queue._submit(fn, specs(calls, self.options))
+        """Submit many jobs of one task in few round trips: ``calls`` holds a tuple of positional
+        arguments, or a :class:`Call`, per job. Every job is checked before any is written.
+        """
+        queue, options = self._target()
+        return await queue._submit(fn, specs(calls, options))
+
+
+class Submitter(Submits):
+    """Submits with fixed options: ``queue.options(key=..., delay=...).submit(fn, ...)``.
+
+    Returned by :meth:`Queue.options`; the options are checked when it is made.
+    """
+
+    __slots__ = ("_queue", "options")
+
+    def __init__(self, queue: Queue, options: Options) -> None:
+        options.validate()
+        self._queue = queue
+        #: the options every submit through this submitter carries.
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"Submitter({self._queue!r}, {self.options!r})"
+
+    def _target(self) -> tuple[Queue, Options]:
+        return self._queue, self.options

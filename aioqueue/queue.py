@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -22,7 +22,7 @@ from .errors import InvalidOptions, PayloadTooLarge, UnknownTask
 from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus, new_job_id, status_of
 from .keys import Keys, validate_queue_name
-from .options import NO_OPTIONS, Call, Options, Spec, Submitter, specs
+from .options import NO_OPTIONS, Options, Spec, Submits, Submitter
 from .results import Results
 from .scripts import NewJob, Scripts
 from .task import TaskDef, task_name, unencodable_error
@@ -56,7 +56,7 @@ class _Prepared:
         self.key = key
 
 
-class Queue:
+class Queue(Submits):
     """A named queue on Redis: register tasks on it, submit jobs, await results.
 
     :param name: the queue's name (letters, digits and ``_.:-``).
@@ -233,6 +233,9 @@ class Queue:
 
     # -- submit ----------------------------------------------------------------------------
 
+    def _target(self) -> tuple[Queue, Options]:
+        return self, NO_OPTIONS
+
     def options(
         self,
         *,
@@ -258,52 +261,6 @@ class Queue:
             result_ttl=result_ttl,
         )
         return Submitter(self, opts)
-
-    @overload
-    async def submit(
-        self, fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
-    ) -> Job[R]: ...
-    @overload
-    async def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
-    @overload
-    async def submit(self, fn: str, *args: Any, **kwargs: Any) -> Job[Any]: ...
-    async def submit(self, fn: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Job[Any]:
-        """Submit one job; returns once the job is durably in Redis.
-
-        ``fn`` is a registered task, or a task's registered name (the producer need not import
-        the task's code). With the function at hand, arguments are checked against its signature
-        and annotations before anything is written.
-
-        :raises ArgumentError: arguments don't fit the task (names the parameter).
-        :raises SerializationError: an argument can't be encoded (names the parameter).
-        :raises PayloadTooLarge: the encoded job is over ``max_payload``.
-        :raises UnknownTask: ``fn`` is a function that is not a task of this queue.
-        :raises RedisUnavailable: Redis could not be reached after a bounded wait.
-        :raises RedisOutOfMemory: Redis is at ``maxmemory``; nothing was written.
-        """
-        return (await self._submit(fn, [(args, kwargs, NO_OPTIONS)]))[0]
-
-    @overload
-    async def submit_many(
-        self,
-        fn: Callable[..., Coroutine[Any, Any, R]],
-        calls: Iterable[tuple[Any, ...] | Call],
-    ) -> list[Job[R]]: ...
-    @overload
-    async def submit_many(
-        self, fn: Callable[..., R], calls: Iterable[tuple[Any, ...] | Call]
-    ) -> list[Job[R]]: ...
-    @overload
-    async def submit_many(
-        self, fn: str, calls: Iterable[tuple[Any, ...] | Call]
-    ) -> list[Job[Any]]: ...
-    async def submit_many(
-        self, fn: Callable[..., Any] | str, calls: Iterable[tuple[Any, ...] | Call]
-    ) -> list[Job[Any]]:
-        """Submit many jobs of one task in few round trips: ``calls`` holds a tuple of positional
-        arguments, or a :class:`Call`, per job. Every job is checked before any is written.
-        """
-        return await self._submit(fn, specs(calls, NO_OPTIONS))
 
     async def _submit(self, fn: Callable[..., Any] | str, calls: Sequence[Spec]) -> list[Job[Any]]:
         """The one submit path: check and encode every job, then send them with the other
