@@ -26,7 +26,7 @@ from aioqueue import Queue
 from aioqueue.keys import Keys
 from aioqueue.testing import RedisServer
 
-from .history import History, Ledger, Report, check, drain, snapshot
+from .history import History, Ledger, Report, check, drain, read_movement, snapshot
 from .ledger_tasks import LEDGER_ENV, QUEUE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -397,12 +397,8 @@ async def queue_progress(r: Redis) -> Any:
     """The queue's counters and set sizes: they change whenever a job moves."""
     try:
         async with r.pipeline(transaction=False) as pipe:
-            pipe.hgetall(KEYS.stats)
-            pipe.zcard(KEYS.pending)
-            pipe.zcard(KEYS.scheduled)
-            pipe.zcard(KEYS.leases)
-            pipe.zcard(KEYS.dead)
-            stats, *sizes = await pipe.execute()
+            read_movement(pipe, KEYS)
+            *sizes, stats = await pipe.execute()
     except Exception:  # Redis restarting: no progress seen
         return None
     return (sorted(stats.items()), *sizes)

@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from aioqueue import wire
 from aioqueue.keys import Keys
@@ -40,6 +41,7 @@ __all__ = (
     "check",
     "drain",
     "read_ledger",
+    "read_movement",
     "snapshot",
 )
 
@@ -227,6 +229,16 @@ async def snapshot(redis: Redis, keys: Keys) -> Snapshot:
     )
 
 
+def read_movement(pipe: Pipeline, keys: Keys) -> None:
+    """Queue on ``pipe`` what changes whenever a job moves: the pending, scheduled, leased and
+    dead counts, then the ``stats`` counters (five replies, in that order)."""
+    pipe.zcard(keys.pending)
+    pipe.zcard(keys.scheduled)
+    pipe.zcard(keys.leases)
+    pipe.zcard(keys.dead)
+    pipe.hgetall(keys.stats)
+
+
 async def drain(redis: Redis, keys: Keys, stall: float = 10.0) -> float:
     """Wait until nothing is pending, scheduled or leased; return the seconds it took.
 
@@ -244,11 +256,7 @@ async def drain(redis: Redis, keys: Keys, stall: float = 10.0) -> float:
         now = time.monotonic()
         try:
             async with redis.pipeline(transaction=False) as pipe:
-                pipe.zcard(keys.pending)
-                pipe.zcard(keys.scheduled)
-                pipe.zcard(keys.leases)
-                pipe.zcard(keys.dead)
-                pipe.hgetall(keys.stats)
+                read_movement(pipe, keys)
                 pipe.zrange(keys.scheduled, 0, 0, withscores=True)
                 pipe.time()
                 *sizes, stats, first_due, server_time = await pipe.execute()
