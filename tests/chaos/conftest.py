@@ -18,7 +18,7 @@ import pytest
 from aioqueue.testing import RedisServer
 
 from . import harness
-from .harness import REPO, Workers
+from .harness import REPO, Scenario, Workers
 from .history import Report
 
 DEFAULT_SEED = 20241124
@@ -106,6 +106,18 @@ def workers(tmp_path: Path, ledger_dir: Path) -> Iterator[Workers]:
     yield w
     strays = w.cleanup()
     assert not strays, f"worker children left behind: {strays}"
+
+
+@pytest.fixture
+def scenario(
+    workers: Workers,
+    ledger_dir: Path,
+    chaos_report: Report,
+    chaos_seed: int,
+    rng: random.Random,
+) -> Scenario:
+    """Everything a scenario works with, in one object (see :class:`.harness.Scenario`)."""
+    return Scenario(workers, ledger_dir, chaos_report, chaos_seed, rng)
 
 
 @pytest.fixture

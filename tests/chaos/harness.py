@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import random
 import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from aioqueue.keys import Keys
 from aioqueue.testing import RedisServer
 
 from .history import History, Ledger, Report, check, drain, read_movement, snapshot
-from .ledger_tasks import LEDGER_ENV, QUEUE_ENV
+from .ledger_tasks import LEDGER_ENV, QUEUE_ENV, WORK
+from .proxy import ThreadedFaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUE_NAME = "chaos"
@@ -389,10 +392,6 @@ def ledger_size(ledger_dir: Path) -> int:
     return total
 
 
-def ledger_progress(ledger_dir: Path) -> Callable[[], int]:
-    return lambda: ledger_size(ledger_dir)
-
-
 async def queue_progress(r: Redis) -> Any:
     """The queue's counters and set sizes: they change whenever a job moves."""
     try:
@@ -404,27 +403,103 @@ async def queue_progress(r: Redis) -> Any:
     return (sorted(stats.items()), *sizes)
 
 
-async def finish(
-    hist: History,
-    server: RedisServer,
-    ledger_dir: Path,
-    report: Report,
-    *,
-    drain_stall: float = 10.0,
-    **check_kwargs: Any,
-) -> dict[str, Any]:
-    """Drain, check and report: the common end of every scenario.
+@dataclass
+class Scenario:
+    """What a scenario works with (the ``scenario`` fixture): its workers, its ledger, the
+    report, the chaos seed and a random source derived from the seed and the test's id."""
 
-    The drain has no deadline: it fails when the queue has not moved for ``drain_stall``
-    seconds (scaled to the machine's speed; longer than any job or fault of the plan)."""
-    async with admin(server) as r:
-        drained = await drain(r, KEYS, scaled(drain_stall))
-        snap = await snapshot(r, KEYS)
-    record = check(hist, snap, Ledger.read(ledger_dir), **check_kwargs)
-    record["drain_s"] = round(drained, 2)
-    record["slowdown"] = round(SLOWDOWN, 2)
-    report.add(record)
-    return record
+    workers: Workers
+    ledger_dir: Path
+    report: Report
+    seed: int
+    rng: random.Random
+
+    def history(self, name: str) -> History:
+        """A new history for the scenario ``name`` (the name of its row in the report)."""
+        return History(name, self.seed)
+
+    def ledger(self) -> Ledger:
+        """The ledger as the tasks have written it so far."""
+        return Ledger.read(self.ledger_dir)
+
+    def ledger_size(self) -> int:
+        """A progress signal for :func:`eventually` (see :func:`ledger_size`)."""
+        return ledger_size(self.ledger_dir)
+
+    async def worker(self, url: str, **flags: Any) -> WorkerProc:
+        """A worker on ``url`` (``flags`` as for :meth:`Workers.start`) whose pool is up."""
+        proc = self.workers.start(url, **flags)
+        await self.workers.wait_children(proc)
+        return proc
+
+    async def pair(self, url_a: str, url_b: str) -> tuple[WorkerProc, WorkerProc]:
+        """Workers A on ``url_a`` and B on ``url_b``, started together, once both pools are up."""
+        a, b = self.workers.start(url_a), self.workers.start(url_b)
+        await self.workers.wait_children(a)
+        await self.workers.wait_children(b)
+        return a, b
+
+    def proxy(self, server: RedisServer, seed: int | None = None) -> ThreadedFaultProxy:
+        """A fault proxy in front of ``server``, seeded with the chaos seed unless told."""
+        return ThreadedFaultProxy(
+            "127.0.0.1", server.port, seed=self.seed if seed is None else seed
+        )
+
+    async def finish(
+        self, hist: History, server: RedisServer, *, drain_stall: float = 10.0, **check_kwargs: Any
+    ) -> dict[str, Any]:
+        """Drain, check and report: the common end of every scenario.
+
+        The drain has no deadline: it fails when the queue has not moved for ``drain_stall``
+        seconds (scaled to the machine's speed; longer than any job or fault of the plan)."""
+        async with admin(server) as r:
+            drained = await drain(r, KEYS, scaled(drain_stall))
+            snap = await snapshot(r, KEYS)
+        record = check(hist, snap, self.ledger(), **check_kwargs)
+        record["drain_s"] = round(drained, 2)
+        record["slowdown"] = round(SLOWDOWN, 2)
+        self.report.add(record)
+        return record
+
+
+async def submit_lanes(
+    hist: History, q: Queue, tags: list[str], *args: object, lanes: int = 4, tries: int = 10
+) -> None:
+    """Submit one job of :data:`WORK` per tag, ``lanes`` submits at a time (each its own round
+    trip); an errored submit is tried again, ``tries`` times in all, 50 ms apart."""
+
+    async def lane(k: int) -> None:
+        for tag in tags[k::lanes]:
+            for attempt in range(tries):
+                if attempt:
+                    await anyio.sleep(0.05)
+                if await hist.submit(tag, q.submit(WORK, tag, *args)) is not None:
+                    break
+
+    async with anyio.create_task_group() as tg:
+        for k in range(lanes):
+            tg.start_soon(lane, k)
+
+
+async def keyed_submit(
+    hist: History,
+    q: Queue,
+    tag: str,
+    task: str,
+    *args: object,
+    delay: float | None = None,
+    tries: int = 10,
+) -> Any:
+    """Submit one job under the de-duplication key ``tag``, trying again on errors (``tries``
+    times in all): a submit whose every reply was lost may have gone through, and its key makes
+    the retry find it. Fails the scenario if no try went through."""
+    opts = q.options(key=tag, delay=delay) if delay else q.options(key=tag)
+    for _ in range(tries):
+        job = await hist.submit(tag, opts.submit(task, tag, *args))
+        if job is not None:
+            return job
+        await anyio.sleep(0.05)
+    raise AssertionError(f"{tag}: no submit went through: {hist.errored.get(tag)}")
 
 
 def recovery_bound_ms(margin: float) -> float:

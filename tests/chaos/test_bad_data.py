@@ -7,7 +7,6 @@ import math
 import os
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,8 +29,8 @@ from aioqueue import (
 )
 from aioqueue.testing import RedisServer
 
-from .harness import KEYS, Workers, admin, finish, producer, scaled, summary
-from .history import History, Ledger, Report
+from .harness import KEYS, Scenario, admin, producer, scaled, summary
+from .history import Report
 from .ledger_tasks import FLAKY, WORK
 
 pytestmark = [pytest.mark.chaos]
@@ -64,18 +63,11 @@ def _poison(rng_bytes: bytes) -> dict[str, tuple[bytes | None, str]]:
 
 
 @pytest.mark.anyio
-async def test_s12_poison_entries(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-) -> None:
+async def test_s12_poison_entries(redis_server: RedisServer, scenario: Scenario) -> None:
     """Entries that bypass submit are dead-lettered on first delivery with their reason (an id
     with no job is skipped as stale); the worker survives and every good job completes."""
-    hist = History("S12 poison entries", chaos_seed)
-    w = workers.start(redis_server.url)
-    await workers.wait_children(w)
+    hist = scenario.history("S12 poison entries")
+    w = await scenario.worker(redis_server.url)
     hist.t0 = time.time()
     poison = _poison(os.urandom(64))
     ids = {kind: f"poison-{kind}" for kind in poison}
@@ -97,7 +89,7 @@ async def test_s12_poison_entries(
             if poison[kind][0] is not None:
                 hist.acked[f"inj-{kind}"] = jid
                 hist.attempted[f"inj-{kind}"] = t
-        record = await finish(hist, redis_server, ledger_dir, chaos_report)
+        record = await scenario.finish(hist, redis_server)
         dead = {d.id: d for d in await q.dead_letters(limit=100)}
     reasons = {}
     for kind, (data, expected) in poison.items():
@@ -278,19 +270,14 @@ def _queue(name: str) -> Queue:
 
 @pytest.mark.anyio
 async def test_s15_retry_dead_letter_exactness(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
+    redis_server: RedisServer, scenario: Scenario
 ) -> None:
     """A task failing k times with 3 attempts: k < 3 succeeds at attempt k+1, k >= 3 is
     dead-lettered after exactly 3 starts; the retry delay follows the policy on Redis's clock;
     requeue from the dead letters works once."""
     backoff = 0.2
-    hist = History("S15 retry exactness", chaos_seed)
-    w = workers.start(redis_server.url, retry_backoff=backoff)
-    await workers.wait_children(w)
+    hist = scenario.history("S15 retry exactness")
+    await scenario.worker(redis_server.url, retry_backoff=backoff)
     hist.t0 = time.time()
     ks = [0, 1, 2, 3, 5]
     async with producer(redis_server.url) as q, admin(redis_server) as r:
@@ -298,10 +285,8 @@ async def test_s15_retry_dead_letter_exactness(
             await hist.submit(f"f{k}", q.submit(FLAKY, f"f{k}", k))
         ids = {hist.acked[f"f{k}"]: k for k in ks}
         timeline = await _watch(r, list(ids), until=lambda s: s["busy"] == 0, stall=5.0)
-        record = await finish(
-            hist, redis_server, ledger_dir, chaos_report, multi_start=[f"f{k}" for k in ks]
-        )
-        ledger = Ledger.read(ledger_dir)
+        record = await scenario.finish(hist, redis_server, multi_start=[f"f{k}" for k in ks])
+        ledger = scenario.ledger()
         dead = {d.id: d for d in await q.dead_letters()}
         outcomes = {}
         for jid, k in ids.items():
@@ -311,8 +296,7 @@ async def test_s15_retry_dead_letter_exactness(
         dead_ids = [jid for jid, k in ids.items() if k >= 3]
         assert await q.requeue_dead(dead_ids) == 2
         assert await q.requeue_dead(dead_ids) == 0
-        await finish(hist, redis_server, ledger_dir, chaos_report, requeued=2,
-                     multi_start=[f"f{k}" for k in ks])  # fmt: skip
+        await scenario.finish(hist, redis_server, requeued=2, multi_start=[f"f{k}" for k in ks])
         again = {ids[jid]: await q.job(jid).result(timeout=scaled(5)) for jid in dead_ids}
     for k in ks:
         expected_starts = k + 1 if k < 3 else 3
@@ -399,18 +383,11 @@ async def _watch(
 
 
 @pytest.mark.anyio
-async def test_s12_poison_invalid_utf8(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-) -> None:
+async def test_s12_poison_invalid_utf8(redis_server: RedisServer, scenario: Scenario) -> None:
     """An entry whose task name is not valid UTF-8 is dead-lettered as malformed on its first
     delivery; the worker survives and the good jobs behind it complete."""
-    hist = History("S12 poison invalid UTF-8", chaos_seed)
-    w = workers.start(redis_server.url)
-    await workers.wait_children(w)
+    hist = scenario.history("S12 poison invalid UTF-8")
+    w = await scenario.worker(redis_server.url)
     hist.t0 = time.time()
     async with producer(redis_server.url) as q, admin(redis_server) as r:
         await r.hset(KEYS.jobs, "poison-utf8", b"\x83\xa1v\x01\xa2id\xa1x\xa4task\xa1\x80")
@@ -421,7 +398,7 @@ async def test_s12_poison_invalid_utf8(
         tags = [f"g{i}" for i in range(20)]
         jobs = await q.submit_many(WORK, [Call(tag) for tag in tags])
         hist.record_many(tags, jobs, time.time())
-        record = await finish(hist, redis_server, ledger_dir, chaos_report)
+        record = await scenario.finish(hist, redis_server)
         dead = {d.id: d for d in await q.dead_letters()}
     assert w.running, w.log_text()[-2000:]
     assert "poison-utf8" in dead and len(dead["poison-utf8"].errors) == 1

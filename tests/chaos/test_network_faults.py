@@ -3,36 +3,34 @@ paused supervisor: dropped replies after apply, a blackholed worker, SIGSTOP, a 
 
 from __future__ import annotations
 
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import msgspec
 import pytest
 
-from aioqueue import wire
+from aioqueue import Queue, wire
 from aioqueue.testing import RedisServer
 
 from .harness import (
     KEYS,
     LEASE,
-    Workers,
+    Scenario,
     admin,
     eventually,
-    finish,
-    ledger_progress,
+    keyed_submit,
     producer,
     queue_progress,
     recovery_bound_ms,
+    submit_lanes,
     summary,
 )
-from .history import History, Ledger, Report, snapshot
-from .ledger_tasks import FAIL_FIRST, WORK, WORK_ONCE
-from .proxy import SCRIPTS, ThreadedFaultProxy
+from .history import History, snapshot
+from .ledger_tasks import FAIL_FIRST, WORK_ONCE
+from .proxy import SCRIPTS
 
 _T = TypeVar("_T")
 
@@ -44,46 +42,24 @@ def _s(v: bytes | str) -> str:
 pytestmark = [pytest.mark.chaos, pytest.mark.anyio]
 
 
-async def produce(hist: History, q: object, tags: list[str], *args: object, lanes: int = 4) -> None:
-    """Submit one job per tag, ``lanes`` submits at a time (each its own round trip)."""
-
-    async def lane(k: int) -> None:
-        for tag in tags[k::lanes]:
-            for _ in range(10):
-                if await hist.submit(tag, q.submit(WORK, tag, *args)) is not None:  # type: ignore[attr-defined]
-                    break
-                await anyio.sleep(0.05)
-
-    async with anyio.create_task_group() as tg:
-        for k in range(lanes):
-            tg.start_soon(lane, k)
-
-
 @pytest.mark.parametrize(
     ("script", "p"),
     [("submit", 0.2), ("claim", 0.15), ("finish", 0.2), ("heartbeat", 0.3)],
 )
 async def test_s7_drop_reply_after_apply(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-    script: str,
-    p: float,
+    redis_server: RedisServer, scenario: Scenario, script: str, p: float
 ) -> None:
     """Replies to one script are dropped after Redis applied it (the connection is reset):
     no duplicate job, no duplicate result, no job run twice, nothing lost."""
-    hist = History(f"S7 drop reply: {script}", chaos_seed)
-    with ThreadedFaultProxy("127.0.0.1", redis_server.port, seed=chaos_seed) as proxy:
-        w = workers.start(proxy.url)
-        await workers.wait_children(w)
+    hist = scenario.history(f"S7 drop reply: {script}")
+    with scenario.proxy(redis_server) as proxy:
+        w = await scenario.worker(proxy.url)
         hist.t0 = time.time()
         async with producer(proxy.url, redis_retries=3) as q:
             proxy.drop_reply(p, match=q.scripts.sha(script))
-            await produce(hist, q, [f"d{i}" for i in range(150)], 0.005)
+            await submit_lanes(hist, q, [f"d{i}" for i in range(150)], 0.005)
             await anyio.sleep(1.0 if script == "heartbeat" else 0.0)
-            record = await finish(hist, redis_server, ledger_dir, chaos_report)
+            record = await scenario.finish(hist, redis_server)
             record["dropped_replies"] = proxy.dropped_replies
             proxy.heal()
     assert record["dropped_replies"] > 0
@@ -93,38 +69,48 @@ async def test_s7_drop_reply_after_apply(
     assert w.running
 
 
-async def test_s8_blackholed_worker(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-) -> None:
+async def _cut_off_a(
+    scenario: Scenario,
+    hist: History,
+    q: Queue,
+    a_kids: list[int],
+    fault: str,
+    *,
+    stop: Callable[[], object],
+    resume: Callable[[], object],
+) -> set[str]:
+    """Submit 40 jobs of 0.4 s; once both of A's children (``a_kids``) run one, cut A off with
+    ``stop``, record the fault, and ``resume`` A 3 leases later. Returns the tags A held."""
+    await submit_lanes(hist, q, [f"j{i}" for i in range(40)], 0.4)
+    await eventually(
+        lambda: len(scenario.ledger().open_on(a_kids)) == 2,
+        10.0,
+        "A busy",
+        0.005,
+        progress=scenario.ledger_size,
+    )
+    stop()
+    orphans = scenario.ledger().open_on(a_kids)
+    hist.fault(fault, orphans)
+    await anyio.sleep(3 * LEASE)
+    resume()
+    return orphans
+
+
+async def test_s8_blackholed_worker(redis_server: RedisServer, scenario: Scenario) -> None:
     """Worker A's link is blackholed for 3 leases while worker B runs: B reclaims A's jobs, and
     A's late completions are fenced (counted, never recorded)."""
-    hist = History("S8 blackholed worker", chaos_seed)
-    with ThreadedFaultProxy("127.0.0.1", redis_server.port, seed=chaos_seed) as proxy:
-        a = workers.start(proxy.url)
-        b = workers.start(redis_server.url)
-        a_kids = await workers.wait_children(a)
-        await workers.wait_children(b)
+    hist = scenario.history("S8 blackholed worker")
+    with scenario.proxy(redis_server) as proxy:
+        a, b = await scenario.pair(proxy.url, redis_server.url)
+        a_kids = a.children()
         hist.t0 = time.time()
         async with producer(redis_server.url) as q:
-            await produce(hist, q, [f"j{i}" for i in range(40)], 0.4)
-            await eventually(
-                lambda: len(Ledger.read(ledger_dir).open_on(a_kids)) == 2,
-                10.0,
-                "A busy",
-                0.005,
-                progress=ledger_progress(ledger_dir),
+            orphans = await _cut_off_a(
+                scenario, hist, q, a_kids, "blackhole A", stop=proxy.blackhole, resume=proxy.heal
             )
-            proxy.blackhole()
-            orphans = Ledger.read(ledger_dir).open_on(a_kids)
-            hist.fault("blackhole A", orphans)
-            await anyio.sleep(3 * LEASE)
-            proxy.heal()
-            record = await finish(hist, redis_server, ledger_dir, chaos_report)
-            ledger = Ledger.read(ledger_dir)
+            record = await scenario.finish(hist, redis_server)
+            ledger = scenario.ledger()
             ended_on_a = {e.tag for e in ledger.entries if e.kind == "end" and e.pid in a_kids}
             late = orphans & ended_on_a
             async with admin(redis_server) as r:
@@ -162,37 +148,25 @@ async def _assert_recorded_elsewhere(
             assert value[0] == tag and value[1] not in pids, (tag, value, pids)
 
 
-async def test_s11b_sigstopped_supervisor(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-) -> None:
+async def test_s11b_sigstopped_supervisor(redis_server: RedisServer, scenario: Scenario) -> None:
     """Supervisor A is SIGSTOPped past its lease while B runs, then resumed: B reclaims the jobs,
     A's late completions are fenced or dropped, never recorded."""
-    hist = History("S11b SIGSTOPped supervisor", chaos_seed)
+    hist = scenario.history("S11b SIGSTOPped supervisor")
     url = redis_server.url
-    a = workers.start(url)
-    b = workers.start(url)
-    a_kids = await workers.wait_children(a)
-    await workers.wait_children(b)
+    a, b = await scenario.pair(url, url)
+    a_kids = a.children()
     hist.t0 = time.time()
     async with producer(url) as q, admin(redis_server) as r:
-        await produce(hist, q, [f"j{i}" for i in range(40)], 0.4)
-        await eventually(
-            lambda: len(Ledger.read(ledger_dir).open_on(a_kids)) == 2,
-            10.0,
-            "A busy",
-            0.005,
-            progress=ledger_progress(ledger_dir),
+        orphans = await _cut_off_a(
+            scenario,
+            hist,
+            q,
+            a_kids,
+            "SIGSTOP A",
+            stop=lambda: a.send(signal.SIGSTOP),
+            resume=lambda: a.send(signal.SIGCONT),
         )
-        a.send(signal.SIGSTOP)
-        orphans = Ledger.read(ledger_dir).open_on(a_kids)
-        hist.fault("SIGSTOP A", orphans)
-        await anyio.sleep(3 * LEASE)
-        a.send(signal.SIGCONT)
-        record = await finish(hist, redis_server, ledger_dir, chaos_report)
+        record = await scenario.finish(hist, redis_server)
 
         def settled() -> bool:
             log = a.log_text()
@@ -208,44 +182,22 @@ async def test_s11b_sigstopped_supervisor(
     assert a.running and b.running
 
 
-async def test_s9_slow_network(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-    rng: random.Random,
-) -> None:
+async def test_s9_slow_network(redis_server: RedisServer, scenario: Scenario) -> None:
     """40 ms ± 10 ms latency and 200 kB/s on every link: no lease is lost by mistake."""
-    hist = History("S9 slow network", chaos_seed)
-    with ThreadedFaultProxy("127.0.0.1", redis_server.port, seed=rng.randrange(1 << 30)) as proxy:
+    hist = scenario.history("S9 slow network")
+    with scenario.proxy(redis_server, scenario.rng.randrange(1 << 30)) as proxy:
         proxy.latency(40, 10)
         proxy.bandwidth(200_000)
-        w = workers.start(proxy.url)
-        await workers.wait_children(w)
+        w = await scenario.worker(proxy.url)
         hist.t0 = time.time()
         async with producer(proxy.url) as q:
-            await produce(hist, q, [f"s{i}" for i in range(100)], 0.02)
-            record = await finish(hist, redis_server, ledger_dir, chaos_report)
+            await submit_lanes(hist, q, [f"s{i}" for i in range(100)], 0.02)
+            record = await scenario.finish(hist, redis_server)
         proxy.heal()
     assert record["lost"] == 0 and record["dup_results"] == 0, summary(record)
     assert record["dup_exec"] == 0 and record["fenced"] == 0, summary(record)
     assert record["recovered"] == 0, summary(record)
     assert w.running
-
-
-async def _keyed_submit(
-    hist: History, q: Any, tag: str, task: str, *args: object, delay: float | None = None
-) -> Any:
-    """Submit one job under the de-duplication key ``tag``, trying again on errors: a submit
-    whose every reply was lost may have gone through, and its key makes the retry find it."""
-    opts = q.options(key=tag, delay=delay) if delay else q.options(key=tag)
-    for _ in range(10):
-        job = await hist.submit(tag, opts.submit(task, tag, *args))
-        if job is not None:
-            return job
-        await anyio.sleep(0.05)
-    raise AssertionError(f"{tag}: no submit went through: {hist.errored.get(tag)}")
 
 
 async def _retrying(call: Callable[[], Awaitable[_T]], what: str) -> _T:
@@ -258,39 +210,31 @@ async def _retrying(call: Callable[[], Awaitable[_T]], what: str) -> _T:
     return await call()
 
 
-async def test_s7b_drop_reply_every_script(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-    rng: random.Random,
-) -> None:
+async def test_s7b_drop_reply_every_script(redis_server: RedisServer, scenario: Scenario) -> None:
     """A quarter of the replies to every script call, the worker's and the producer's, are
     dropped after Redis applied the call; tasks have no retries. There is no worker fault, so
     nothing may be recovered or fenced, no job may be dead-lettered without having run, every
     job's attempts must equal its starts, and cancel, requeue_dead and purge_dead must report
     exactly what they did."""
     p = 0.25
-    hist = History("S7b drop reply: every script", chaos_seed)
+    hist = scenario.history("S7b drop reply: every script")
     work = [f"w{i}" for i in range(200)]
     fail = [f"f{i}" for i in range(36)]  # dead at their first start; 12 requeued, 12 purged
     delayed = [f"d{i}" for i in range(30)]  # never due during the run; all cancelled
     requeue, purge = fail[:12], fail[12:24]
-    with ThreadedFaultProxy("127.0.0.1", redis_server.port, seed=rng.randrange(1 << 30)) as proxy:
-        w = workers.start(proxy.url)
-        await workers.wait_children(w)
+    with scenario.proxy(redis_server, scenario.rng.randrange(1 << 30)) as proxy:
+        w = await scenario.worker(proxy.url)
         hist.t0 = time.time()
         async with producer(proxy.url, redis_retries=3) as q, admin(redis_server) as r:
             proxy.drop_reply(p, match=SCRIPTS)
             for tag in delayed:
-                await _keyed_submit(hist, q, tag, WORK_ONCE, delay=600)
+                await keyed_submit(hist, q, tag, WORK_ONCE, delay=600)
             jobs = [(tag, WORK_ONCE, 0.005) for tag in work] + [(tag, FAIL_FIRST) for tag in fail]
-            rng.shuffle(jobs)
+            scenario.rng.shuffle(jobs)
 
             async def lane(k: int) -> None:
                 for tag, task, *args in jobs[k::4]:
-                    await _keyed_submit(hist, q, tag, task, *args)
+                    await keyed_submit(hist, q, tag, task, *args)
 
             # cancel the delayed jobs while the others run: half one by one, half in fives
             cancelled: dict[str, bool] = {}
@@ -323,7 +267,7 @@ async def test_s7b_drop_reply_every_script(
                 for jid, data in (await r.hgetall(KEYS.errors)).items()
                 if await r.zscore(KEYS.dead, jid) is not None
             }
-            starts_then = Ledger.read(ledger_dir).starts
+            starts_then = scenario.ledger().starts
             requeue_returned = requeue_moved = purge_returned = purge_moved = 0
             for tag in requeue:
                 jid = hist.acked[tag]
@@ -338,10 +282,9 @@ async def test_s7b_drop_reply_every_script(
                     KEYS.jobs, jid
                 )
                 purge_moved += int(was_dead and gone)
-            record = await finish(
-                hist, redis_server, ledger_dir, chaos_report, multi_start=requeue,
-                requeued=len(requeue),
-            )  # fmt: skip
+            record = await scenario.finish(
+                hist, redis_server, multi_start=requeue, requeued=len(requeue)
+            )
             # cancelling a finished job does nothing
             for tag in work[:10]:
                 cancelled[tag] = await _retrying(q.job(hist.acked[tag]).cancel, f"cancel {tag}")
@@ -349,7 +292,7 @@ async def test_s7b_drop_reply_every_script(
             stats = {_s(k): int(v) for k, v in (await r.hgetall(KEYS.stats)).items()}
         record["dropped_replies"] = proxy.dropped_replies
         proxy.heal()
-    ledger = Ledger.read(ledger_dir)
+    ledger = scenario.ledger()
     tag_of = {jid: tag for tag, jid in hist.acked.items()}
     starts_at_death = {jid: starts_then[tag_of.get(jid, "")] for jid in dead_seen}
     for jid in snap.dead:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import random
 import signal
 import time
-from pathlib import Path
 
 import anyio
 import pytest
@@ -15,20 +13,18 @@ from aioqueue.testing import RedisServer
 
 from .harness import (
     KEYS,
-    Workers,
+    Scenario,
     admin,
     eventually,
-    finish,
-    ledger_progress,
     producer,
     recovery_bound_ms,
     scaled,
     signal_pid,
+    submit_lanes,
     summary,
 )
-from .history import Fault, History, Ledger, Report
+from .history import Fault, History
 from .ledger_tasks import EXIT_HARD, KILL_SUPERVISOR, SEGFAULT, SUICIDE, WORK
-from .proxy import ThreadedFaultProxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.anyio]
 
@@ -39,53 +35,29 @@ async def submit_batch(hist: History, q: object, tags: list[str], *args: object)
     hist.record_many(tags, jobs, t)
 
 
-async def test_s0_baseline(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-) -> None:
+async def test_s0_baseline(redis_server: RedisServer, scenario: Scenario) -> None:
     """No faults: every job runs once and has exactly one result."""
     n = 2000
-    hist = History("S0 baseline", chaos_seed)
-    with ThreadedFaultProxy("127.0.0.1", redis_server.port, seed=chaos_seed) as proxy:
-        w = workers.start(proxy.url)
-        await workers.wait_children(w)
+    hist = scenario.history("S0 baseline")
+    with scenario.proxy(redis_server) as proxy:
+        await scenario.worker(proxy.url)
         hist.t0 = time.time()
         async with producer(proxy.url) as q:
-
-            async def submitter(k: int) -> None:
-                for i in range(k, n, 4):
-                    await hist.submit(f"b{i}", q.submit(WORK, f"b{i}"))
-
-            async with anyio.create_task_group() as tg:
-                for k in range(4):
-                    tg.start_soon(submitter, k)
-            record = await finish(hist, redis_server, ledger_dir, chaos_report)
+            await submit_lanes(hist, q, [f"b{i}" for i in range(n)], tries=1)
+            record = await scenario.finish(hist, redis_server)
     assert record["acknowledged"] == n, summary(record)
     assert record["lost"] == 0 and record["unexpected"] == 0, summary(record)
     assert record["dup_exec"] == 0 and record["dup_results"] == 0, summary(record)
     assert record["completed"] == n and record["fenced"] == 0 and record["recovered"] == 0
-    await workers.assert_no_orphans()
+    await scenario.workers.assert_no_orphans()
 
 
-async def test_s1_supervisor_sigkill(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-    rng: random.Random,
-) -> None:
+async def test_s1_supervisor_sigkill(redis_server: RedisServer, scenario: Scenario) -> None:
     """SIGKILL worker A's supervisor 3 times mid-run while worker B keeps going."""
     kills = 3
-    hist = History("S1 supervisor SIGKILL", chaos_seed)
+    hist = scenario.history("S1 supervisor SIGKILL")
     url = redis_server.url
-    a = workers.start(url)
-    b = workers.start(url)
-    await workers.wait_children(a)
-    await workers.wait_children(b)
+    a, b = await scenario.pair(url, url)
     hist.t0 = time.time()
     inflight: list[int] = []
     async with producer(url) as q:
@@ -102,22 +74,21 @@ async def test_s1_supervisor_sigkill(
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)
             for _ in range(kills):
-                await anyio.sleep(rng.uniform(0.3, 0.8))
+                await anyio.sleep(scenario.rng.uniform(0.3, 0.8))
                 await eventually(
-                    lambda a=a: Ledger.read(ledger_dir).open_on(a.children()), 3.0, "A busy", 0.005
+                    lambda a=a: scenario.ledger().open_on(a.children()), 3.0, "A busy", 0.005
                 )
                 t, kids = a.kill()
-                await workers.assert_no_orphans()
-                ledger = Ledger.read(ledger_dir)
+                await scenario.workers.assert_no_orphans()
+                ledger = scenario.ledger()
                 open_tags = ledger.open_on(kids)
                 inflight.append(len(open_tags))
                 hist.faults.append(Fault("supervisor SIGKILL", t, open_tags))
-                await anyio.sleep(rng.uniform(0.0, 0.5))
-                a = workers.start(url)
-                await workers.wait_children(a)
+                await anyio.sleep(scenario.rng.uniform(0.0, 0.5))
+                a = await scenario.worker(url)
             await anyio.sleep(0.5)
             stop.set()
-        record = await finish(hist, redis_server, ledger_dir, chaos_report)
+        record = await scenario.finish(hist, redis_server)
     record["inflight_at_kills"] = inflight
     assert record["lost"] == 0 and record["unexpected"] == 0, summary(record)
     assert record["dup_results"] == 0, summary(record)
@@ -129,26 +100,18 @@ async def test_s1_supervisor_sigkill(
     assert b.running
 
 
-async def test_s2a_child_sigkill(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-    rng: random.Random,
-) -> None:
+async def test_s2a_child_sigkill(redis_server: RedisServer, scenario: Scenario) -> None:
     """SIGKILL a busy child 4 times: its job is retried and succeeds; the child is replaced."""
-    hist = History("S2a child SIGKILL", chaos_seed)
-    w = workers.start(redis_server.url)
-    await workers.wait_children(w)
+    hist = scenario.history("S2a child SIGKILL")
+    w = await scenario.worker(redis_server.url)
     hist.t0 = time.time()
     kills: list[tuple[int, str]] = []  # (victim pid, the tag it was running)
     respawn_ms: list[float] = []
     async with producer(redis_server.url) as q:
         await submit_batch(hist, q, [f"c{i}" for i in range(24)], 0.25)
         for _ in range(4):
-            await anyio.sleep(rng.uniform(0.1, 0.4))
-            ledger = Ledger.read(ledger_dir)
+            await anyio.sleep(scenario.rng.uniform(0.1, 0.4))
+            ledger = scenario.ledger()
             hit = {tag for _, tag in kills}
             busy = [
                 (pid, tag)
@@ -158,7 +121,7 @@ async def test_s2a_child_sigkill(
             ]
             if not busy:
                 continue
-            victim, tag = rng.choice(busy)
+            victim, tag = scenario.rng.choice(busy)
             if not signal_pid(victim, signal.SIGKILL):
                 continue  # the child exited (its job ended) since the ledger was read
             hist.fault("child SIGKILL", {tag})
@@ -169,10 +132,10 @@ async def test_s2a_child_sigkill(
                 return len(kids) == 2 and victim not in kids
 
             respawn_ms.append(1000 * await eventually(respawned, 5.0, "a new child"))
-        record = await finish(hist, redis_server, ledger_dir, chaos_report)
+        record = await scenario.finish(hist, redis_server)
     # a kill interrupted its job if the victim never wrote the job's end line (it may have
     # finished just before the signal landed)
-    ledger = Ledger.read(ledger_dir)
+    ledger = scenario.ledger()
     interrupted = sum(1 for pid, tag in kills if tag in ledger.open_on([pid]))
     record["kills"] = len(kills)
     record["interrupted"] = interrupted
@@ -200,27 +163,20 @@ async def test_s2a_child_sigkill(
     ids=["sigkill-self", "segfault", "exit-3"],
 )
 async def test_s2b_poison_child(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-    task: str,
-    reason: str,
+    redis_server: RedisServer, scenario: Scenario, task: str, reason: str
 ) -> None:
     """A task that kills its own child every time is dead-lettered after exactly 3 starts."""
-    hist = History(f"S2b poison {task.rsplit('.', 1)[1]}", chaos_seed)
-    w = workers.start(redis_server.url)
-    await workers.wait_children(w)
+    hist = scenario.history(f"S2b poison {task.rsplit('.', 1)[1]}")
+    w = await scenario.worker(redis_server.url)
     hist.t0 = time.time()
     async with producer(redis_server.url) as q:
         good = [f"g{i}" for i in range(40)]
         await submit_batch(hist, q, good[:20], 0.01)
         await hist.submit("poison", q.submit(task, "poison"))
         await submit_batch(hist, q, good[20:], 0.01)
-        record = await finish(hist, redis_server, ledger_dir, chaos_report, multi_start=["poison"])
+        record = await scenario.finish(hist, redis_server, multi_start=["poison"])
         dead = await q.dead_letters()
-    ledger = Ledger.read(ledger_dir)
+    ledger = scenario.ledger()
     assert ledger.starts["poison"] == 3
     assert [d.id for d in dead] == [hist.acked["poison"]]
     errors = dead[0].errors
@@ -231,18 +187,11 @@ async def test_s2b_poison_child(
     assert w.running
 
 
-async def test_s2c_poison_kills_supervisor(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-) -> None:
+async def test_s2c_poison_kills_supervisor(redis_server: RedisServer, scenario: Scenario) -> None:
     """A task that SIGKILLs its supervisor every time: retried, then dead-lettered (WorkerLost)."""
-    hist = History("S2c poison kills supervisor", chaos_seed)
+    hist = scenario.history("S2c poison kills supervisor")
     url = redis_server.url
-    w = workers.start(url)
-    await workers.wait_children(w)
+    w = await scenario.worker(url)
     hist.t0 = time.time()
     deaths = 0
     async with producer(url) as q:
@@ -258,16 +207,15 @@ async def test_s2c_poison_kills_supervisor(
                 assert time.monotonic() < deadline, f"poison job not dead-lettered ({deaths=})"
                 if not w.running:
                     deaths += 1
-                    await workers.assert_no_orphans()
+                    await scenario.workers.assert_no_orphans()
                     hist.fault("supervisor killed by its task", ["poison"])
-                    w = workers.start(url)
-                    await workers.wait_children(w)
+                    w = await scenario.worker(url)
                     deadline = time.monotonic() + limit
                 await anyio.sleep(0.05)
-        record = await finish(hist, redis_server, ledger_dir, chaos_report, multi_start=["poison"])
+        record = await scenario.finish(hist, redis_server, multi_start=["poison"])
         dead = await q.dead_letters()
     record["supervisor_deaths"] = deaths
-    ledger = Ledger.read(ledger_dir)
+    ledger = scenario.ledger()
     assert ledger.starts["poison"] == 2 and deaths == 2
     assert len(dead) == 1 and [e.type for e in dead[0].errors] == ["WorkerLost", "WorkerLost"]
     assert record["lost"] == 0 and record["dup_results"] == 0, summary(record)
@@ -275,20 +223,13 @@ async def test_s2c_poison_kills_supervisor(
     assert record["completed"] == 20
 
 
-async def test_s3_sigterm_drain(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-) -> None:
+async def test_s3_sigterm_drain(redis_server: RedisServer, scenario: Scenario) -> None:
     """SIGTERM mid-run: no fetch after the signal, short jobs finish, long ones are handed back
     (attempt not counted) when the grace ends, exit code 0; a second worker finishes the rest."""
     grace = 1.5
-    hist = History("S3 SIGTERM drain", chaos_seed)
+    hist = scenario.history("S3 SIGTERM drain")
     url = redis_server.url
-    w = workers.start(url, grace=grace)
-    await workers.wait_children(w)
+    w = await scenario.worker(url, grace=grace)
     hist.t0 = time.time()
     async with producer(url) as q, admin(redis_server) as r:
         # the two long jobs go first (priority) so that both children hold one at the signal
@@ -300,12 +241,12 @@ async def test_s3_sigterm_drain(
         long_ids = [hist.acked["long0"], hist.acked["long1"]]
 
         async def both_running() -> bool:
-            ledger = Ledger.read(ledger_dir)
+            ledger = scenario.ledger()
             leased = [await r.zscore(KEYS.leases, jid) is not None for jid in long_ids]
             return ledger.starts["long0"] >= 1 and ledger.starts["long1"] >= 1 and all(leased)
 
         await eventually(
-            both_running, 10.0, "both long jobs running", progress=ledger_progress(ledger_dir)
+            both_running, 10.0, "both long jobs running", progress=scenario.ledger_size
         )
         t_sig = w.send(signal.SIGTERM)
 
@@ -322,11 +263,10 @@ async def test_s3_sigterm_drain(
         leases = await r.zcard(KEYS.leases)
         attempts = [await r.hget(KEYS.attempts, hist.acked[f"long{i}"]) for i in range(2)]
         pending_long = [await r.zscore(KEYS.pending, hist.acked[f"long{i}"]) for i in range(2)]
-        ledger = Ledger.read(ledger_dir)
+        ledger = scenario.ledger()
         late = ledger.starts_after(t_sig + 0.05)
-        w2 = workers.start(url)
-        await workers.wait_children(w2)
-        record = await finish(hist, redis_server, ledger_dir, chaos_report)
+        await scenario.worker(url)
+        record = await scenario.finish(hist, redis_server)
     record["drain_s_after_sigterm"] = round(t_exit - t_sig, 2)
     record["released_ms_after_grace"] = round((t_released - t_sig - grace) * 1000, 1)
     assert record["released_ms_after_grace"] <= 1000 * scaled(1.0)

@@ -6,7 +6,6 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import anyio
 import pytest
@@ -17,18 +16,15 @@ from aioqueue.testing import RedisServer
 from .harness import (
     KEYS,
     LEASE,
-    Workers,
+    Scenario,
     admin,
     eventually,
-    finish,
-    ledger_progress,
+    keyed_submit,
     producer,
     scaled,
     summary,
 )
-from .history import History, Ledger, Report
 from .ledger_tasks import WORK
-from .proxy import ThreadedFaultProxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.anyio]
 
@@ -39,21 +35,14 @@ RESUME_BOUND_MS = 2000.0
 
 @pytest.mark.parametrize("mode", ["always", "everysec", "graceful"])
 async def test_s4_redis_restart(
-    redis_factory: Callable[..., RedisServer],
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-    rng: random.Random,
-    mode: str,
+    redis_factory: Callable[..., RedisServer], scenario: Scenario, mode: str
 ) -> None:
     """Redis killed (SIGKILL, or SIGTERM for ``graceful``) and restarted twice under load."""
     server = redis_factory(
         appendonly=True, appendfsync="everysec" if mode == "everysec" else "always"
     )
-    hist = History(f"S4 redis restart ({mode})", chaos_seed)
-    w = workers.start(server.url)
-    await workers.wait_children(w)
+    hist = scenario.history(f"S4 redis restart ({mode})")
+    w = await scenario.worker(server.url)
     hist.t0 = time.time()
     resume_ms: list[float] = []
     async with producer(server.url, redis_retries=3) as q:
@@ -71,27 +60,27 @@ async def test_s4_redis_restart(
             for k in range(4):
                 tg.start_soon(submitter, k)
             for _ in range(2):
-                await anyio.sleep(rng.uniform(0.6, 1.2))
-                orphans = Ledger.read(ledger_dir).open_on(w.children())
+                await anyio.sleep(scenario.rng.uniform(0.6, 1.2))
+                orphans = scenario.ledger().open_on(w.children())
                 sig = signal.SIGTERM if mode == "graceful" else signal.SIGKILL
                 fault = hist.fault(f"redis {sig.name}", orphans)
                 await anyio.to_thread.run_sync(server.kill, sig)
-                down = rng.uniform(0.3, 0.8)
+                down = scenario.rng.uniform(0.3, 0.8)
                 await anyio.sleep(down)
                 await anyio.to_thread.run_sync(server.start)
                 t_ready = time.time()
                 await eventually(
-                    lambda t=t_ready: Ledger.read(ledger_dir).first_start_after(t),
+                    lambda t=t_ready: scenario.ledger().first_start_after(t),
                     10.0,
                     "progress after the restart",
                 )
-                first = Ledger.read(ledger_dir).first_start_after(t_ready)
+                first = scenario.ledger().first_start_after(t_ready)
                 assert first is not None
                 resume_ms.append(round((first - t_ready) * 1000, 1))
                 fault.extra.update(down_s=round(down, 2), resume_ms=resume_ms[-1])
             await anyio.sleep(0.5)
             stop.set()
-        record = await finish(hist, server, ledger_dir, chaos_report)
+        record = await scenario.finish(hist, server)
     record["resume_ms"] = resume_ms
     assert w.running, w.log_text()
     assert record["lost"] == 0 and record["unexpected"] == 0, summary(record)
@@ -101,46 +90,34 @@ async def test_s4_redis_restart(
 
 
 async def test_s14_duplicate_suppression(
-    redis_factory: Callable[..., RedisServer],
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-    rng: random.Random,
+    redis_factory: Callable[..., RedisServer], scenario: Scenario
 ) -> None:
     """3 producers submit the same 40 keys 3 times each, with dropped submit replies and a Redis
     restart: exactly one job per key, each run once; after the TTL a key is admitted again."""
     server = redis_factory(appendonly=True, appendfsync="always")
-    hist = History("S14 duplicate suppression", chaos_seed)
+    hist = scenario.history("S14 duplicate suppression")
     keys = [f"key{i}" for i in range(40)]
     ids: dict[str, set[str]] = {k: set() for k in keys}
     created: dict[str, int] = dict.fromkeys(keys, 0)
-    with ThreadedFaultProxy("127.0.0.1", server.port, seed=chaos_seed) as proxy:
-        w = workers.start(server.url)
-        await workers.wait_children(w)
+    with scenario.proxy(server) as proxy:
+        await scenario.worker(server.url)
         hist.t0 = time.time()
         async with producer(proxy.url, redis_retries=3) as q:
             proxy.drop_reply(0.1, match=q.scripts.sha("submit"))
 
             async def producer_loop(p: int) -> None:
                 order = keys * 3
-                random.Random(rng.random() + p).shuffle(order)
+                random.Random(scenario.rng.random() + p).shuffle(order)
                 for key in order:
-                    for _ in range(20):
-                        job = await hist.submit(key, q.options(key=key).submit(WORK, key, 0.01))
-                        if job is not None:
-                            ids[key].add(job.id)
-                            created[key] += int(job.created)
-                            break
-                        await anyio.sleep(0.05)
-                    else:
-                        raise AssertionError(f"{key}: no submit went through")
+                    job = await keyed_submit(hist, q, key, WORK, 0.01, tries=20)
+                    ids[key].add(job.id)
+                    created[key] += int(job.created)
 
             async def restart() -> None:
-                await anyio.sleep(rng.uniform(0.2, 0.5))
+                await anyio.sleep(scenario.rng.uniform(0.2, 0.5))
                 hist.fault("redis SIGKILL")
                 await anyio.to_thread.run_sync(server.kill)
-                await anyio.sleep(rng.uniform(0.2, 0.5))
+                await anyio.sleep(scenario.rng.uniform(0.2, 0.5))
                 await anyio.to_thread.run_sync(server.start)
 
             async with anyio.create_task_group() as tg:
@@ -148,7 +125,7 @@ async def test_s14_duplicate_suppression(
                     tg.start_soon(producer_loop, p)
                 tg.start_soon(restart)
             proxy.heal()
-            record = await finish(hist, server, ledger_dir, chaos_report)
+            record = await scenario.finish(hist, server)
             # after the result TTL the key is free again
             short = await q.options(key="short", result_ttl=0.3).submit(WORK, "short")
             async with admin(server) as r:
@@ -174,16 +151,12 @@ async def test_s14_duplicate_suppression(
 
 
 async def test_s17_maxmemory_submit(
-    redis_factory: Callable[..., RedisServer],
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
+    redis_factory: Callable[..., RedisServer], scenario: Scenario
 ) -> None:
     """At maxmemory (noeviction) submit raises RedisOutOfMemory and writes nothing; the worker
     drains, after which submits succeed again."""
     server = redis_factory(maxmemory="4mb")
-    hist = History("S17 maxmemory", chaos_seed)
+    hist = scenario.history("S17 maxmemory")
     pad = "x" * 20_000
     oom_at = None
     async with producer(server.url) as q, admin(server) as r:
@@ -204,47 +177,39 @@ async def test_s17_maxmemory_submit(
         jobs, pending = await r.hlen(KEYS.jobs), await r.zcard(KEYS.pending)
         assert jobs == pending == len(hist.acked), "a refused submit left a half-written job"
         hist.t0 = time.time()
-        w = workers.start(server.url)
-        await workers.wait_children(w)
-        record = await finish(hist, server, ledger_dir, chaos_report)
+        await scenario.worker(server.url)
+        record = await scenario.finish(hist, server)
         after = [await q.submit(WORK, f"after{i}", pad=pad) for i in range(10)]
         for i, job in enumerate(after):
             hist.acked[f"after{i}"] = job.id
             hist.attempted[f"after{i}"] = time.time()
-        record2 = await finish(hist, server, ledger_dir, chaos_report)
+        record2 = await scenario.finish(hist, server)
     record["jobs_at_full"] = oom_at
     record2["scenario"] = "S17 maxmemory (after drain)"
     assert record["lost"] == 0 and record["dup_exec"] == 0, summary(record)
     assert record2["lost"] == 0 and record2["completed"] == oom_at + 10, summary(record2)
 
 
-async def test_s17_heartbeat_at_maxmemory(
-    redis_server: RedisServer,
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-) -> None:
+async def test_s17_heartbeat_at_maxmemory(redis_server: RedisServer, scenario: Scenario) -> None:
     """Redis above maxmemory for 2.5 leases must not cost running jobs their leases: no re-run,
     nothing fenced, nothing dead-lettered."""
-    hist = History("S17b heartbeat at maxmemory", chaos_seed)
-    w = workers.start(redis_server.url)
-    await workers.wait_children(w)
+    hist = scenario.history("S17b heartbeat at maxmemory")
+    await scenario.worker(redis_server.url)
     async with producer(redis_server.url) as q, admin(redis_server) as r:
         for i in range(2):
             await hist.submit(f"long{i}", q.submit(WORK, f"long{i}", 3.0, 0, True))
         await eventually(
-            lambda: Ledger.read(ledger_dir).starts["long1"] >= 1,
+            lambda: scenario.ledger().starts["long1"] >= 1,
             10.0,
             "long jobs started",
-            progress=ledger_progress(ledger_dir),
+            progress=scenario.ledger_size,
         )
         used = int((await r.info("memory"))["used_memory"])
         await r.config_set("maxmemory", str(used // 2))
         hist.fault("maxmemory below used memory", ["long0", "long1"])
         await anyio.sleep(2.5 * LEASE)
         await r.config_set("maxmemory", "0")
-        record = await finish(hist, redis_server, ledger_dir, chaos_report)
+        record = await scenario.finish(hist, redis_server)
     assert record["lost"] == 0, summary(record)
     assert record["dead"] == 0, record["dlq_reasons"]
     assert record["dup_exec"] == 0 and record["fenced"] == 0, summary(record)

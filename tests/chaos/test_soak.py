@@ -6,11 +6,9 @@ Short by default (``$AIOQUEUE_SOAK_SECONDS``, 60 s); the long run sets it higher
 from __future__ import annotations
 
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import anyio
 import pytest
@@ -20,18 +18,15 @@ from aioqueue.testing import RedisServer
 
 from .harness import (
     KEYS,
-    Workers,
+    Scenario,
     admin,
-    finish,
     open_fds,
     producer,
     rss_kib,
     signal_pid,
     summary,
 )
-from .history import History, Ledger, Report
 from .ledger_tasks import FLAKY, SUICIDE, WORK
-from .proxy import ThreadedFaultProxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.soak, pytest.mark.anyio]
 
@@ -40,25 +35,17 @@ FAULTS = ["supervisor-kill", "child-kill", "redis-kill", "drop-replies", "blackh
 
 @pytest.mark.timeout(600)
 async def test_soak_mixed_faults(
-    redis_factory: Callable[..., RedisServer],
-    workers: Workers,
-    ledger_dir: Path,
-    chaos_report: Report,
-    chaos_seed: int,
-    rng: random.Random,
+    redis_factory: Callable[..., RedisServer], scenario: Scenario
 ) -> None:
     seconds = float(os.environ.get("AIOQUEUE_SOAK_SECONDS", "60"))
     server = redis_factory(appendonly=True, appendfsync="always")
-    hist = History("S19 soak", chaos_seed)
+    hist = scenario.history("S19 soak")
     multi: set[str] = set()
     async with admin(server) as r:
         await r.ping()
         mem_base = int((await r.info("memory"))["used_memory"])
-    with ThreadedFaultProxy("127.0.0.1", server.port, seed=rng.randrange(1 << 30)) as proxy:
-        a = workers.start(proxy.url)
-        b = workers.start(server.url)
-        await workers.wait_children(a)
-        await workers.wait_children(b)
+    with scenario.proxy(server, scenario.rng.randrange(1 << 30)) as proxy:
+        a, b = await scenario.pair(proxy.url, server.url)
         hist.t0 = time.time()
         faults: list[str] = []
         samples: list[tuple[float, int, int]] = []
@@ -72,7 +59,7 @@ async def test_soak_mixed_faults(
                     for _ in range(10):
                         tag = f"s{i}"
                         i += 1
-                        x = rng.random()
+                        x = scenario.rng.random()
                         if x < 0.01:
                             multi.add(tag)
                             await hist.submit(tag, q.submit(SUICIDE, tag))
@@ -80,7 +67,7 @@ async def test_soak_mixed_faults(
                             multi.add(tag)
                             await hist.submit(tag, q.submit(FLAKY, tag, 1))
                         else:
-                            cost = 0.5 if x < 0.15 else rng.uniform(0.001, 0.02)
+                            cost = 0.5 if x < 0.15 else scenario.rng.uniform(0.001, 0.02)
                             calls.append(Call(tag, cost))
                             tags.append(tag)
                     t = time.time()
@@ -98,24 +85,23 @@ async def test_soak_mixed_faults(
                 nonlocal a
                 end = time.monotonic() + seconds
                 while time.monotonic() < end - 5:
-                    await anyio.sleep(rng.uniform(3.0, 6.0))
+                    await anyio.sleep(scenario.rng.uniform(3.0, 6.0))
                     samples.append((time.time(), rss_kib(b.pid), open_fds(b.pid)))
-                    fault = rng.choice(FAULTS)
+                    fault = scenario.rng.choice(FAULTS)
                     faults.append(fault)
                     kids = a.children()
-                    orphans = Ledger.read(ledger_dir).open_on(kids)
+                    orphans = scenario.ledger().open_on(kids)
                     hist.fault(fault, orphans if fault != "drop-replies" else ())
                     if fault == "supervisor-kill":
                         a.kill()
-                        await workers.assert_no_orphans()
-                        a = workers.start(proxy.url)
-                        await workers.wait_children(a)
+                        await scenario.workers.assert_no_orphans()
+                        a = await scenario.worker(proxy.url)
                     elif fault == "child-kill" and kids:
                         # the child may have exited since it was listed: nothing to kill then
-                        signal_pid(rng.choice(kids), signal.SIGKILL)
+                        signal_pid(scenario.rng.choice(kids), signal.SIGKILL)
                     elif fault == "redis-kill":
                         await anyio.to_thread.run_sync(server.kill)
-                        await anyio.sleep(rng.uniform(0.2, 1.0))
+                        await anyio.sleep(scenario.rng.uniform(0.2, 1.0))
                         await anyio.to_thread.run_sync(server.start)
                     elif fault == "drop-replies":
                         proxy.drop_reply(0.05)
@@ -135,7 +121,7 @@ async def test_soak_mixed_faults(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(produce)
                 tg.start_soon(inject)
-            record = await finish(hist, server, ledger_dir, chaos_report, multi_start=multi)
+            record = await scenario.finish(hist, server, multi_start=multi)
         proxy.heal()
     async with admin(server) as r:
         results = [k async for k in r.scan_iter(match=KEYS.result("*"), count=1000)]
