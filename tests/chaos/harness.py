@@ -1,4 +1,5 @@
-"""Harness of the chaos suite: worker subprocesses, /proc helpers and the end of a scenario.
+"""Harness of the chaos suite: worker subprocesses, /proc helpers, submit loops, and what a
+scenario works with (:class:`Scenario`, the ``scenario`` fixture), its end included.
 
 Workers are real ``python -m aioqueue`` subprocesses so that SIGKILL, SIGTERM and SIGSTOP are
 real; :class:`Workers` tracks them and, at teardown, kills what is left and reports any child
