@@ -16,9 +16,11 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NamedTuple, NoReturn
 
 from ._imports import import_queue
+from ._redis import check_url
 from .errors import InvalidOptions
 from .worker import Worker, WorkerSettings
 from .worker.settings import OPTIONS
+from .worker.supervisor import WorkerFailed
 
 __all__ = ("Args", "main", "parse_args")
 
@@ -107,13 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         queue = import_queue(args.spec)
         if args.redis_url:
-            queue.redis_url = args.redis_url
+            queue.redis_url = check_url(args.redis_url)
         worker = Worker(queue, args.spec, args.settings)
     except (ValueError, ImportError, AttributeError) as exc:
         sys.exit(f"{PROG}: {exc}")
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional where it doesn't install
-        asyncio.run(worker.run())
+        run = asyncio.run
     else:
-        uvloop.run(worker.run())
+        run = uvloop.run
+    try:
+        run(worker.run())
+    except WorkerFailed as exc:  # logged with its details already
+        sys.exit(f"{PROG}: {exc}")

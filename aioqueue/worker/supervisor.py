@@ -15,6 +15,7 @@ import socket
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from .. import wire
 from .._redis import safe_url
@@ -106,20 +107,25 @@ class Worker:
                 tg.start_soon(self._signals)
             try:
                 await self.pool.start()
-            except Exception as exc:
-                raise WorkerFailed(str(exc)) from None
-            await self._check_redis()
-            tg.start_soon(heartbeat_loop, self)
-            tg.start_soon(recovery_loop, self)
-            tg.start_soon(self.finisher.run)
-            with anyio.CancelScope() as self._fetch_scope:
-                await self.fetcher.run()
-            await self._drain()
+            except Exception as exc:  # nothing was claimed yet: just stop
+                log.error("children can't start: %s", exc)
+                self.failure = str(exc)
+            else:
+                await self._serve(tg)
             tg.cancel_scope.cancel()
         await self.redis.aclose()
         log.info("worker %s stopped: %s", self.id, self.counters)
         if self.failure is not None:
             raise WorkerFailed(self.failure)
+
+    async def _serve(self, tg: anyio.abc.TaskGroup) -> None:
+        await self._check_redis()
+        tg.start_soon(heartbeat_loop, self)
+        tg.start_soon(recovery_loop, self)
+        tg.start_soon(self.finisher.run)
+        with anyio.CancelScope() as self._fetch_scope:
+            await self.fetcher.run()
+        await self._drain()
 
     def stop(self) -> None:
         """Stop taking jobs; running ones get the grace period (as on SIGTERM)."""
@@ -155,10 +161,10 @@ class Worker:
     async def _drain(self) -> None:
         assert self.pool is not None
         s = self.settings
-        await self.fetcher.settle(max(5.0, s.lease))
         for held in list(self.held.values()):  # claimed ahead and not started: back at once
             if held.work is not None and not held.work.started:
                 self.pool.cancel(held.work)
+        await self.fetcher.settle(max(5.0, s.lease))
         with anyio.move_on_after(s.grace) as grace:
             async with anyio.create_task_group() as tg:
 
