@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
+from redis.exceptions import RedisError
 
+from ..errors import AioqueueError
 from ..keys import Keys
 from ..scripts import LeasedJob, Receipt
 from ..wire import Envelope, decode_envelope
@@ -83,11 +85,14 @@ class Outage:
         self.since: float | None = None
 
     def failed(self, what: str, exc: BaseException) -> None:
+        """A call failed: log it if it starts an outage (with a traceback when the error is not
+        one of Redis's or the network's, which means a bug worth reading)."""
         if self.since is None:
             self.since = time.monotonic()
+            expected = isinstance(exc, RedisError | AioqueueError | OSError)
             log.warning(
                 "Redis at %s: %s failed (%s: %s); retrying with backoff",
-                self.url, what, type(exc).__name__, exc,
+                self.url, what, type(exc).__name__, exc, exc_info=None if expected else exc,
             )  # fmt: skip
 
     def ok(self) -> None:
