@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench
+
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "run.py"
 
 

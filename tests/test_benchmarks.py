@@ -19,6 +19,8 @@ sys.path.insert(0, str(BENCH))
 
 import _common  # noqa: E402
 
+pytestmark = pytest.mark.bench
+
 LIMIT_S = 60
 LOAD_SENTENCES = ("other load: too little to matter", "WARNING: the machine was busy")
 
