@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._text import count
+
 __all__ = (
     "AioqueueError",
     "ArgumentError",
@@ -49,7 +51,7 @@ class JobFailed(AioqueueError):
         self.error = error
         self.traceback = traceback
         self.attempts = attempts
-        tries = f" after {_count(attempts, 'attempt')}" if attempts > 0 else ""
+        tries = f" after {count(attempts, 'attempt')}" if attempts > 0 else ""
         super().__init__(f"job {job_id} ({task}) failed{tries}: {type}: {error}")
 
 
@@ -97,8 +99,3 @@ class RedisRefused(AioqueueError):
 
 class RedisOutOfMemory(AioqueueError):
     """Raised when Redis refuses a write because it reached ``maxmemory`` (nothing was written)."""
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 attempt``, ``2 attempts``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

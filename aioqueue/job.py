@@ -103,5 +103,6 @@ class Job(Generic[R]):
         return await self.queue._status(self.id)
 
     async def cancel(self) -> bool:
-        """Withdraw the job if it has not started; True if it was cancelled."""
+        """Withdraw the job if it has not started; True if it is cancelled (by this call or an
+        earlier one), False if it is running, finished or unknown."""
         return (await self.queue.cancel([self.id]))[0]

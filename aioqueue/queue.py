@@ -376,7 +376,9 @@ class Queue(Submits):
         return Job(self, job_id, result_type)
 
     async def cancel(self, job_ids: Sequence[str]) -> list[bool]:
-        """Withdraw jobs that have not started; per id, True if it was cancelled."""
+        """Withdraw jobs that have not started; per id, True if the job is cancelled (by this
+        call or an earlier one: a retried cancel answers the same), False if it is running,
+        finished or unknown."""
         jobs: list[tuple[str, bytes, str | None]] = []
         for job_id, env in zip(job_ids, await self._envelopes(job_ids), strict=True):
             outcome = wire.Outcome(

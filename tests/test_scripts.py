@@ -184,6 +184,8 @@ async def test_resent_cancel_requeue_and_purge_answer_as_the_first_time(
     assert await scripts._run("cancel", *_cancel_call(queue, job.id, cancelled), r) == [1]
     assert await scripts._run("cancel", *_cancel_call(queue, job.id, cancelled), r) == [1]
     assert sync_redis.hget(k.stats, "cancelled") == b"1"
+    assert await scripts.cancel([(job.id, cancelled, None)], 60_000) == [True]  # a new call too
+    assert sync_redis.hget(k.stats, "cancelled") == b"1"
 
     dead = await queue.submit(tasks.noop)
     await scripts.claim(1, 10_000, "w", receipt(queue, "c"))

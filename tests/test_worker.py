@@ -162,6 +162,7 @@ async def test_grace_expiry_hands_jobs_back_uncounted(
     await eventually(lambda: sync_redis.zcard(queue.keys.leases) == 1, 10, "job running")
     worker.signal(signal.SIGTERM)
     assert await worker.exited(10) == 0
+    assert "grace period ran out: handing back 1 running job" in worker.output()
     assert await job.status() == "pending"
     assert int(sync_redis.hget(queue.keys.attempts, job.id) or 0) == 0
     worker = await start_worker("--grace", "60")

@@ -2,7 +2,9 @@
 -- KEYS[1] pending  KEYS[2] scheduled  KEYS[3] jobs  KEYS[4] attempts  KEYS[5] priority
 -- KEYS[6] errors  KEYS[7] stats  then per job: KEYS[8 + 2(i-1)] result:{id}, KEYS[9 + 2(i-1)] dedup
 -- ARGV[1] channel, ARGV[2] ttl_ms, then per job: id, outcome bytes, has_dedup
--- Returns per job: 1 cancelled, 0 not waiting (running, finished or unknown).
+-- Returns per job: 1 cancelled (by this call or an earlier one: cancelling is idempotent, so a
+-- client that retries a cancel whose reply it lost hears the truth), 0 not cancelled (running,
+-- finished otherwise, or unknown).
 local out = {}
 local done = {}
 local ttl = tonumber(ARGV[2])
@@ -22,7 +24,16 @@ for i = 0, n - 1 do
     done[#done + 1] = id
     out[#out + 1] = 1
   else
-    out[#out + 1] = 0
+    local prev = redis.call('GET', KEYS[8 + 2 * i])
+    local ok, outcome = false, nil
+    if prev then
+      ok, outcome = pcall(cmsgpack.unpack, prev)
+    end
+    if ok and type(outcome) == 'table' and outcome['cancelled'] == true then
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
   end
 end
 if #done > 0 then

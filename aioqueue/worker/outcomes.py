@@ -10,6 +10,7 @@ import time
 import msgspec
 
 from .. import wire
+from .._text import count
 from ..queue import Queue
 from ..scripts import FinishItem
 from ._state import Held
@@ -19,10 +20,6 @@ from .settings import WorkerSettings
 __all__ = ("Outcomes",)
 
 log = logging.getLogger("aioqueue.worker")
-
-
-def _attempts(n: int) -> str:
-    return f"{n} attempt{'s' if n != 1 else ''}"
 
 
 class Outcomes:
@@ -90,7 +87,7 @@ class Outcomes:
             )  # fmt: skip
         log.warning(
             "job %s: %s failed after %s (%s: %s); dead-lettered",
-            held.id, held.task, _attempts(held.attempts), err.type, err.message,
+            held.id, held.task, count(held.attempts, "attempt"), err.type, err.message,
         )  # fmt: skip
         outcome = wire.Outcome(
             v=wire.WIRE_VERSION, task=held.task, ok=False, error=err, attempts=held.attempts,

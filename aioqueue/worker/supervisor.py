@@ -20,6 +20,7 @@ import anyio.abc
 from .. import wire
 from .._redis import safe_url
 from .._redis import to_str as _str
+from .._text import count
 from ..queue import Queue
 from ..scripts import FinishItem, LeasedJob, Scripts
 from ._state import Channel, Held, Outage
@@ -177,7 +178,7 @@ class Worker:
                 tg.cancel_scope.cancel()
         if self.running:
             why = "grace period ran out" if grace.cancelled_caught else "second signal"
-            log.warning("%s: handing %d running jobs back", why, self.running)
+            log.warning("%s: handing back %s", why, count(self.running, "running job"))
         for held in list(self.held.values()):
             if held.work is not None and not held.work.finished:
                 self.pool.cancel(held.work)
