@@ -180,7 +180,7 @@ async def test_resent_cancel_requeue_and_purge_answer_as_the_first_time(
     k = queue.keys
     job = await queue.options(delay=60).submit(tasks.noop)
     r = receipt(queue, "p1")
-    cancelled = outcome(ok=False)
+    cancelled = wire.encode(wire.Outcome(v=1, task="tests.tasks.noop", ok=False, cancelled=True))
     assert await scripts._run("cancel", *_cancel_call(queue, job.id, cancelled), r) == [1]
     assert await scripts._run("cancel", *_cancel_call(queue, job.id, cancelled), r) == [1]
     assert sync_redis.hget(k.stats, "cancelled") == b"1"
