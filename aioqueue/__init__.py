@@ -23,10 +23,15 @@ from .options import Call as Call
 from .options import Options as Options
 from .options import Submitter as Submitter
 from .queue import Queue as Queue
+from .sync import BlockingCallInLoop as BlockingCallInLoop
+from .sync import SyncJob as SyncJob
+from .sync import SyncQueue as SyncQueue
+from .sync import SyncSubmitter as SyncSubmitter
 
 __all__ = (
     "AioqueueError",
     "ArgumentError",
+    "BlockingCallInLoop",
     "Call",
     "DeadLetter",
     "InvalidOptions",
@@ -45,5 +50,8 @@ __all__ = (
     "ResultTimeout",
     "SerializationError",
     "Submitter",
+    "SyncJob",
+    "SyncQueue",
+    "SyncSubmitter",
     "UnknownTask",
 )

@@ -25,6 +25,7 @@ from .keys import Keys, validate_queue_name
 from .options import NO_OPTIONS, Options, Spec, Submits, Submitter
 from .results import Results
 from .scripts import NewJob, Scripts
+from .sync import SyncQueue
 from .task import TaskDef, task_name, unencodable_error
 
 __all__ = ("Queue",)
@@ -183,6 +184,15 @@ class Queue(Submits):
             self._redis = self._make_client()
             self._scripts = Scripts(self._redis, self.keys, self.redis_url)
         return self._redis
+
+    @property
+    def sync(self) -> SyncQueue:
+        """Blocking calls for synchronous code, one handle per queue (see :class:`SyncQueue`):
+        ``queue.sync.submit(render, 40).result(timeout=10)``."""
+        handle: SyncQueue | None = self.__dict__.get("_sync")
+        if handle is None:  # threads racing here all get the first handle stored
+            handle = self.__dict__.setdefault("_sync", SyncQueue(self))
+        return handle
 
     @property
     def scripts(self) -> Scripts:
