@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from .errors import AioqueueError
 from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus
-from .options import Call, Options, Spec, specs
+from .options import NO_OPTIONS, Call, Options, Spec, specs
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -231,7 +231,7 @@ class SyncQueue(SyncSubmits):
         return f"SyncQueue({self.queue.name!r})"
 
     def _target(self) -> tuple[SyncQueue, Options]:
-        return self, Options()
+        return self, NO_OPTIONS
 
     def _call(self, what: str, make: Callable[[Queue], Coroutine[Any, Any, T]]) -> T:
         """Run the coroutine ``make`` builds for the loop thread's Queue, there; its result.
