@@ -20,8 +20,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -57,9 +59,13 @@ def _describe_exit(code: int | None) -> str:
 
 
 class Work:
-    """One job handed to the pool; ``on_done`` is called once, with the reply or None."""
+    """One job handed to the pool; ``on_done`` is called once, with the reply or None.
 
-    __slots__ = ("task", "data", "timeout", "on_done", "finished", "child")
+    :ivar tag: the submitter's own reference, for :class:`Pool`'s ``on_start``.
+    :ivar started_at: ``time.monotonic()`` when a child was given the job (0 before).
+    """
+
+    __slots__ = ("task", "data", "timeout", "on_done", "finished", "child", "tag", "started_at")
 
     def __init__(
         self,
@@ -67,6 +73,7 @@ class Work:
         data: bytearray | None,
         timeout: float | None,
         on_done: Callable[[wire.ChildReply | None], None],
+        tag: Any = None,
     ) -> None:
         self.task = task
         self.data = data  # the framed ChildJob, until it is written into a child
@@ -74,6 +81,8 @@ class Work:
         self.on_done = on_done
         self.finished = False
         self.child: Child | None = None
+        self.tag = tag
+        self.started_at = 0.0
 
     @property
     def started(self) -> bool:
@@ -141,6 +150,7 @@ class Pool:
     :param on_change: called (no arguments) after :attr:`capacity` changes and after each job
         finishes, so the caller can claim more work; it must not block.
     :param on_broken: called once with :attr:`broken`'s message when the pool gives up.
+    :param on_start: called with each :class:`Work` when a child is given it; must not block.
     :param max_tasks_per_child: jobs a child runs before it is replaced (None: no limit).
     :param kill_grace: seconds between TERM and KILL for a child being killed.
     :param start_timeout: seconds a child may take to import the tasks.
@@ -156,6 +166,7 @@ class Pool:
         spawn: Callable[..., object],
         on_change: Callable[[], None] | None = None,
         on_broken: Callable[[str], None] | None = None,
+        on_start: Callable[[Work], None] | None = None,
         max_tasks_per_child: int | None = None,
         kill_grace: float = 1.0,
         start_timeout: float = 60.0,
@@ -168,9 +179,11 @@ class Pool:
         self.start_timeout = start_timeout
         self.max_start_failures = max(1, max_start_failures)
         self.broken: str | None = None
+        self.restarts = 0  # children started to replace one that exited, was killed or retired
         self._spawn = spawn
         self._on_change = on_change
         self._on_broken = on_broken
+        self._on_start = on_start
         self._waiting: deque[Work] = deque()  # submitted, no child yet
         self._live: list[Child] = []  # ready children that take jobs: the capacity
         self._idle: list[Child] = []  # live children without a job
@@ -306,6 +319,7 @@ class Pool:
             if self._closing or self.broken is not None:
                 await child.close(self.kill_grace)
                 return
+            self.restarts += 1
             self._adopt(child)
             self._changed()
             return
@@ -333,15 +347,17 @@ class Pool:
         kwargs: msgspec.Raw,
         timeout: float | None,
         on_done: Callable[[wire.ChildReply | None], None],
+        tag: Any = None,
     ) -> Work:
         """Run ``task`` with its raw msgpack arguments (an array, a map) in an idle child, or
         queue it in the pool until one is idle.
 
         ``on_done`` is called once: with the child's reply (``kind`` "timeout" or "crashed"
         when its child was killed or died), or with None when the job never ran to an end
-        here (cancelled, or handed back by a broken or closing pool).
+        here (cancelled, or handed back by a broken or closing pool). ``tag`` is kept on the
+        :class:`Work` for ``on_start``.
         """
-        work = Work(task, frame(wire.ChildJob(task, args, kwargs)), timeout, on_done)
+        work = Work(task, frame(wire.ChildJob(task, args, kwargs)), timeout, on_done, tag)
         if self.broken is not None or self._closing:
             asyncio.get_running_loop().call_soon(work._finish, None)
         elif self._idle and not self._waiting:
@@ -374,6 +390,9 @@ class Pool:
             self._kill(child)  # the reader finds its end and fails the job
             return
         work.data = None
+        work.started_at = time.monotonic()
+        if self._on_start is not None:
+            self._on_start(work)
         if work.timeout is not None:
             child.timer = asyncio.get_running_loop().call_later(
                 work.timeout, self._timed_out, child, work
