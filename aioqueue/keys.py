@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
-__all__ = ("Keys", "validate_queue_name")
+__all__ = ("REGISTRY", "Keys", "validate_queue_name")
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+#: The set of queue names in use, kept by ``Queue.register()``; read by ``aioqueue info``.
+REGISTRY = "aioqueue:queues"
 
 
 def validate_queue_name(name: str) -> str:

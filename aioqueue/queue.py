@@ -21,7 +21,7 @@ from ._redis import call_redis, check_url
 from .errors import InvalidOptions, PayloadTooLarge, UnknownTask
 from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus, new_job_id, status_of
-from .keys import Keys, validate_queue_name
+from .keys import REGISTRY, Keys, validate_queue_name
 from .options import NO_OPTIONS, Options, Spec, Submits, Submitter
 from .results import Results
 from .scripts import NewJob, Scripts
@@ -450,6 +450,13 @@ class Queue(Submits):
     async def purge_dead(self, job_ids: Sequence[str]) -> int:
         """Delete dead-lettered jobs for good; returns how many were purged."""
         return await self.scripts.purge(job_ids)
+
+    # -- registry --------------------------------------------------------------------------
+
+    async def register(self) -> None:
+        """Add the queue's name to the registry of queues (``aioqueue:queues``), where
+        ``aioqueue info`` finds it; one command, and asking again changes nothing."""
+        await call_redis(self.redis.sadd(REGISTRY, self.name), self.redis_url)
 
 
 def _positive(name: str, value: object) -> None:
