@@ -378,3 +378,86 @@ class Scripts:
         k = self.keys
         keys = [k.leases, k.tokens, k.attempts, k.jobs, k.workers, k.dead, k.errors, k.priority]
         return _leased(await self._run("expired", keys, [limit, *dead]), 5)
+
+    # -- administration (read-only) --------------------------------------------------------
+
+    async def overview(self, max_levels: int = 64) -> Overview:
+        """Counts, workers with their heartbeat deadlines, counters, the first pending job of
+        each priority level (at most ``max_levels``) and the leases past due, in one step."""
+        k = self.keys
+        keys = [k.pending, k.scheduled, k.leases, k.dead, k.workers, k.stats]
+        now, p, s, r, d, workers, stats, heads, more, past, first = await self._run(
+            "overview", keys, [max_levels]
+        )
+        return Overview(
+            now_ms=int(now),
+            pending=int(p),
+            scheduled=int(s),
+            running=int(r),
+            dead=int(d),
+            workers={to_str(workers[i]): float(workers[i + 1]) for i in range(0, len(workers), 2)},
+            counters={to_str(stats[i]): int(stats[i + 1]) for i in range(0, len(stats), 2)},
+            level_heads=[to_str(h) for h in heads],
+            more_levels=bool(more),
+            leases_past_due=int(past),
+            earliest_lease_ms=float(first) if first else None,
+        )
+
+    async def job_info(self, job_id: str) -> JobRow:
+        """Everything stored about one job, read in one step."""
+        k = self.keys
+        keys = [k.jobs, k.attempts, k.tokens, k.leases, k.pending, k.scheduled, k.dead,
+                k.errors, k.priority, k.result(job_id)]  # fmt: skip
+        now, state, env, attempts, token, lease, run_at, dead_at, errors, outcome = await self._run(
+            "job_info", keys, [job_id]
+        )
+        return JobRow(
+            now_ms=int(now),
+            state=to_str(state),
+            data=bytes(env) if env else None,
+            attempts=int(attempts) if attempts else 0,
+            token=to_str(token) if token else None,
+            lease_ms=float(lease) if lease else None,
+            run_at_ms=float(run_at) if run_at else None,
+            dead_at_ms=float(dead_at) if dead_at else None,
+            errors=bytes(errors) if errors else None,
+            outcome=bytes(outcome) if outcome else None,
+        )
+
+
+SOURCES["overview"] = _source("overview")
+SOURCES["job_info"] = _source("job_info")
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """A queue as ``aioqueue info`` shows it: counts, workers by heartbeat deadline (ms),
+    counters, each priority level's first pending id, and the leases past due."""
+
+    now_ms: int
+    pending: int
+    scheduled: int
+    running: int
+    dead: int
+    workers: dict[str, float]
+    counters: dict[str, int]
+    level_heads: list[str]
+    more_levels: bool
+    leases_past_due: int
+    earliest_lease_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job as stored: its state, envelope, attempts, lease, times (ms), errors, outcome."""
+
+    now_ms: int
+    state: str
+    data: bytes | None
+    attempts: int
+    token: str | None
+    lease_ms: float | None
+    run_at_ms: float | None
+    dead_at_ms: float | None
+    errors: bytes | None
+    outcome: bytes | None
