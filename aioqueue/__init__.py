@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .errors import AioqueueError as AioqueueError
 from .errors import ArgumentError as ArgumentError
+from .errors import BlockingCallInLoop as BlockingCallInLoop
 from .errors import InvalidOptions as InvalidOptions
 from .errors import JobCancelled as JobCancelled
 from .errors import JobFailed as JobFailed
@@ -23,7 +24,6 @@ from .options import Call as Call
 from .options import Options as Options
 from .options import Submitter as Submitter
 from .queue import Queue as Queue
-from .sync import BlockingCallInLoop as BlockingCallInLoop
 from .sync import SyncJob as SyncJob
 from .sync import SyncQueue as SyncQueue
 from .sync import SyncSubmitter as SyncSubmitter

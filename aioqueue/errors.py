@@ -7,6 +7,7 @@ from ._text import count
 __all__ = (
     "AioqueueError",
     "ArgumentError",
+    "BlockingCallInLoop",
     "InvalidOptions",
     "JobCancelled",
     "JobFailed",
@@ -99,3 +100,8 @@ class RedisRefused(AioqueueError):
 
 class RedisOutOfMemory(AioqueueError):
     """Raised when Redis refuses a write because it reached ``maxmemory`` (nothing was written)."""
+
+
+class BlockingCallInLoop(AioqueueError, RuntimeError):
+    """Raised when a blocking ``queue.sync`` call is made in a thread that runs an event loop:
+    async code awaits the async API instead (``await queue.submit(...)``)."""

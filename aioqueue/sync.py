@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from .errors import AioqueueError
+from .errors import AioqueueError, BlockingCallInLoop
 from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus
 from .options import NO_OPTIONS, Call, Options, Spec, specs
@@ -19,16 +19,11 @@ from .options import NO_OPTIONS, Call, Options, Spec, specs
 if TYPE_CHECKING:
     from .queue import Queue
 
-__all__ = ("BlockingCallInLoop", "SyncJob", "SyncQueue", "SyncSubmits", "SyncSubmitter")
+__all__ = ("SyncJob", "SyncQueue", "SyncSubmits", "SyncSubmitter")
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-
-class BlockingCallInLoop(AioqueueError, RuntimeError):
-    """Raised when a blocking ``queue.sync`` call is made in a thread that runs an event loop:
-    async code awaits the async API instead (``await queue.submit(...)``)."""
 
 
 def _refuse_in_loop(call: str) -> None:

@@ -12,11 +12,12 @@ from tests.conftest import ROOT
 
 
 def test_documented_usage_type_checks() -> None:
-    """tests/typing/api.py, the README's usage, passes mypy --strict."""
+    """tests/typing/api.py and sync_api.py, the README's usage, pass mypy --strict."""
     if shutil.which("mypy") is None and not _has_module("mypy"):
         pytest.skip("mypy is not installed")
     out = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "tests/typing/api.py"],
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "tests/typing/api.py",
+         "tests/typing/sync_api.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
