@@ -1,5 +1,6 @@
--- requeue: move dead-lettered jobs back to pending with a fresh attempt count; a job's
--- de-duplication key holds it again, with no expiry, while it waits and runs.
+-- requeue: move dead-lettered jobs back to pending with a fresh attempt count, keeping their
+-- error records (new attempts' errors are appended after them); a job's de-duplication key
+-- holds it again, with no expiry, while it waits and runs.
 -- KEYS[1] dead  KEYS[2] attempts  KEYS[3] errors  KEYS[4] pending  KEYS[5] priority
 -- KEYS[6] wake  KEYS[7] jobs  then per job i (0-based): KEYS[8 + 2i] result:{id},
 -- KEYS[9 + 2i] dedup:{key} (any key if none)
@@ -10,7 +11,6 @@ for i = 0, #ARGV / 2 - 1 do
   local id = ARGV[1 + 2 * i]
   if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HEXISTS', KEYS[7], id) == 1 then
     redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id)
     redis.call('DEL', KEYS[8 + 2 * i])
     if ARGV[2 + 2 * i] == '1' then
       local dkey = KEYS[9 + 2 * i]
