@@ -1,5 +1,7 @@
 """``aioqueue-worker MODULE:ATTR``: parse arguments, configure logging and the loop, run.
 
+Logging goes to stderr as text, or as one JSON object per line with ``--log-format json``.
+
 Every flag comes from :data:`aioqueue.worker.settings.OPTIONS` and reads an ``AIOQUEUE_*``
 environment variable: a flag on the command line beats the variable, which beats the default.
 """
@@ -8,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from ._imports import import_queue
 from ._redis import check_url
 from .errors import InvalidOptions
 from .worker import Worker, WorkerSettings
+from .worker.logs import configure as configure_logging
 from .worker.settings import OPTIONS
 from .worker.supervisor import WorkerFailed
 
@@ -101,11 +103,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``aioqueue-worker``."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.settings.log_format)
     try:
         queue = import_queue(args.spec)
         if args.redis_url:

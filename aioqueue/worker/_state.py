@@ -32,6 +32,7 @@ class Held:
     work: Work | None = None  # in the pool, until the child's reply
     lost: bool = False  # the lease was lost: drop whatever comes of it
     finishing: bool = False  # its outcome is queued for the finish script
+    run_s: float | None = None  # how long its child ran it, once the child replied
 
     @property
     def id(self) -> str:

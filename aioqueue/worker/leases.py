@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import TYPE_CHECKING
 
 import anyio
 
 from ..scripts import FinishItem, Receipt
 from ._state import Held, envelope_of
+from .logs import job_fields
 
 if TYPE_CHECKING:
     from .supervisor import Worker
@@ -27,7 +29,9 @@ RECOVER_BATCH = 100
 
 
 async def heartbeat_loop(w: Worker) -> None:
-    """Extend the leases of every held job; abandon the ones whose lease was lost."""
+    """Extend the leases of every held job; abandon the ones whose lease was lost.
+
+    Each beat's result is kept (``w.beat_at``, ``w.beat_error``) for the readiness check."""
     first = True
     while True:
         if not first:  # the first beat registers the worker at once
@@ -37,22 +41,30 @@ async def heartbeat_loop(w: Worker) -> None:
         try:
             lost = await w.scripts.heartbeat(w.id, w.lease_ms, pairs, w.beat_channel.next())
         except Exception as exc:
+            w.beat_error = f"{type(exc).__name__}: {exc}"
             w.outage.failed("heartbeat", exc)
             continue
+        w.beat_at, w.beat_error = time.monotonic(), None
         w.outage.ok()
         for job_id in lost:
             held = w.held.get(job_id)
-            if held is None or held.finishing:
+            if held is None:
+                continue
+            w.counters["lease_lost"] += 1
+            if held.finishing:
                 continue  # an outcome on its way is fenced by the finish script if need be
             held.lost = True
-            log.warning("job %s: lease lost (presumed dead or cut off); abandoning", held.id)
+            log.warning(
+                "job %s: lease lost (presumed dead or cut off); abandoning", held.id,
+                extra=job_fields(held, w.id, "lost"),
+            )  # fmt: skip
             if held.work is not None and w.pool is not None:
                 w.pool.cancel(held.work)
 
 
 async def recovery_loop(w: Worker) -> None:
     """Every ``maintenance_interval`` (jittered): recover jobs whose lease expired."""
-    unanswered: tuple[Receipt, list[FinishItem]] | None = None
+    unanswered: tuple[Receipt, list[Held], list[FinishItem]] | None = None
     while True:
         await anyio.sleep(w.settings.maintenance_interval * (0.75 + random.random() / 2))
         try:
@@ -60,18 +72,16 @@ async def recovery_loop(w: Worker) -> None:
                 rows = await w.scripts.expired(RECOVER_BATCH, w.dead)
                 if not rows:
                     continue
-                unanswered = (
-                    w.reap_channel.next(),
-                    [w.outcomes.lost(Held(j, envelope_of(j.data))) for j in rows],
-                )
-            receipt, items = unanswered
+                helds = [Held(j, envelope_of(j.data)) for j in rows]
+                unanswered = (w.reap_channel.next(), helds, [w.outcomes.lost(h) for h in helds])
+            receipt, helds, items = unanswered
             replies = await w.scripts.finish(items, receipt, w.dead)
         except Exception as exc:
             w.outage.failed("recovering expired leases", exc)
             continue
         unanswered = None
-        for item, applied in zip(items, replies, strict=True):
-            w.count(item, applied)
+        for held, item, applied in zip(helds, items, replies, strict=True):
+            w.count(held, item, applied)
         n = sum(1 for r in replies if r == 1)
         if n:
             log.warning("recovered %d jobs whose lease expired", n)

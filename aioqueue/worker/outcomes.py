@@ -14,6 +14,7 @@ from .._text import count
 from ..queue import Queue
 from ..scripts import FinishItem
 from ._state import Held
+from .logs import job_fields
 from .retry import retry_delay
 from .settings import WorkerSettings
 
@@ -24,11 +25,12 @@ log = logging.getLogger("aioqueue.worker")
 
 class Outcomes:
     """Builds the :class:`FinishItem` for each way a job can end, with the queue's TTLs and the
-    worker's retry policy."""
+    worker's retry policy; ``worker`` (its id) is named in the log lines about jobs."""
 
-    def __init__(self, queue: Queue, settings: WorkerSettings) -> None:
+    def __init__(self, queue: Queue, settings: WorkerSettings, worker: str = "") -> None:
         self.queue = queue
         self.settings = settings
+        self.worker = worker
 
     def _ttl_ms(self, held: Held) -> int:
         env = held.env
@@ -80,6 +82,7 @@ class Outcomes:
             log.info(
                 "job %s: %s attempt %d failed (%s: %s); retry in %.2fs",
                 held.id, held.task, held.attempts, err.type, err.message, delay,
+                extra=job_fields(held, self.worker, "retried"),
             )  # fmt: skip
             return FinishItem(
                 held.id, held.token, "retry", error=wire.encode(err),
@@ -88,6 +91,7 @@ class Outcomes:
         log.warning(
             "job %s: %s failed after %s (%s: %s); dead-lettered",
             held.id, held.task, count(held.attempts, "attempt"), err.type, err.message,
+            extra=job_fields(held, self.worker, "dead"),
         )  # fmt: skip
         outcome = wire.Outcome(
             v=wire.WIRE_VERSION, task=held.task, ok=False, error=err, attempts=held.attempts,

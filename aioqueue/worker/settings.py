@@ -22,6 +22,7 @@ __all__ = ("FIELDS", "OPTIONS", "Setting", "WorkerSettings", "markdown_table")
 
 ENV_PREFIX = "AIOQUEUE_"
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 
 
 def _cpu_count() -> int:
@@ -93,6 +94,34 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
             " and exits non-zero",
         ),
     ] = 3
+    metrics_port: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=65535,
+                description="serve /metrics (Prometheus) and /health/live, /health/ready on"
+                " this port",
+                extra={"default": "off"},
+            ),
+        ]
+        | None
+    ) = None
+    metrics_host: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="address the metrics port listens on (0.0.0.0: every interface)",
+            extra={"default": "127.0.0.1"},
+        ),
+    ] = "127.0.0.1"
+    log_format: Annotated[
+        LogFormat,
+        Meta(
+            description="log lines as text, or as JSON objects with the job's fields",
+            extra={"default": "text"},
+        ),
+    ] = "text"
     handle_signals: Annotated[
         bool,
         Meta(description="drain on SIGTERM and SIGINT (off to embed)", extra={"flag": False}),

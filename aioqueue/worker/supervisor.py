@@ -1,7 +1,8 @@
 """The worker supervisor: one event loop does all Redis work while children run the tasks.
 
 One anyio task group runs the fetch loop (fetch.py), the finisher (finisher.py), heartbeats and
-recovery (leases.py); the pool (pool.py) calls back when a child replies. This module holds the
+recovery (leases.py), and, with a metrics port, the HTTP server of metrics and health
+(metrics.py, http.py); the pool (pool.py) calls back when a child replies. This module holds the
 worker's lifecycle (start, signals, graceful drain) and the path of one job: claimed, checked,
 run, and its outcome queued for the finisher.
 """
@@ -12,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any
 
 import anyio
@@ -26,9 +28,12 @@ from ..scripts import FinishItem, LeasedJob, Scripts
 from ._state import Channel, Held, Outage
 from .fetch import Fetcher
 from .finisher import Finisher, Pending
+from .http import StatusServer
 from .leases import heartbeat_loop, recovery_loop
+from .logs import job_fields
+from .metrics import Metrics
 from .outcomes import Outcomes
-from .pool import Pool
+from .pool import Pool, Work
 from .settings import WorkerSettings
 
 __all__ = ("Worker", "WorkerFailed")
@@ -57,7 +62,7 @@ class Worker:
         self.redis = queue._make_client(socket_timeout=s.block_timeout + 5.0, retries=1)
         self.scripts = Scripts(self.redis, k, queue.redis_url)
         self.outage = Outage(safe_url(queue.redis_url))
-        self.outcomes = Outcomes(queue, s)
+        self.outcomes = Outcomes(queue, s, self.id)
         self.fetch_channel = Channel(k, self.id, "fetch", max(60_000, 10 * self.lease_ms))
         self.beat_channel = Channel(k, self.id, "beat", max(60_000, 10 * self.lease_ms))
         self.reap_channel = Channel(k, self.id, "reap", RECEIPT_MS)
@@ -71,8 +76,11 @@ class Worker:
         self.running = 0  # jobs between claim and the child's reply
         self.counters: dict[str, int] = {
             "claimed": 0, "completed": 0, "retried": 0, "dead": 0, "released": 0,
-            "fenced": 0, "lost": 0, "recovered": 0, "stale": 0,
+            "fenced": 0, "lost": 0, "recovered": 0, "stale": 0, "lease_lost": 0,
         }  # fmt: skip
+        self.metrics = Metrics(self)
+        self.beat_at: float | None = None  # time.monotonic() of the last answered heartbeat
+        self.beat_error: str | None = None  # why the last heartbeat failed, if it did
         self.failure: str | None = None
         self._changed = anyio.Event()
         self._idle = anyio.Event()
@@ -93,7 +101,22 @@ class Worker:
             "worker %s: queue %r on %s, %d processes, pid %d",
             self.id, self.queue.name, self.outage.url, s.processes, os.getpid(),
         )  # fmt: skip
+        listener = None
+        if s.metrics_port is not None:
+            where = f"{s.metrics_host}:{s.metrics_port}"
+            try:
+                listener = await anyio.create_tcp_listener(
+                    local_host=s.metrics_host, local_port=s.metrics_port
+                )
+            except OSError as exc:
+                await self.redis.aclose()
+                log.error("can't serve metrics on %s: %s", where, exc)
+                raise WorkerFailed(f"can't serve metrics on {where}: {exc}") from None
+            self.metrics.add_process_metrics()
+            log.info("metrics and health on http://%s/metrics, /health/live, /health/ready", where)
         async with anyio.create_task_group() as tg:
+            if listener is not None:
+                tg.start_soon(StatusServer(self, self.metrics, listener).serve)
             self.pool = Pool(
                 self.spec,
                 s.processes,
@@ -103,6 +126,7 @@ class Worker:
                 max_start_failures=s.max_start_failures,
                 on_change=self._notify,
                 on_broken=self._broken,
+                on_start=self._started,
             )
             if s.handle_signals:
                 tg.start_soon(self._signals)
@@ -114,6 +138,8 @@ class Worker:
             else:
                 await self._serve(tg)
             tg.cancel_scope.cancel()
+        if listener is not None:
+            await listener.aclose()
         await self.redis.aclose()
         log.info("worker %s stopped: %s", self.id, self.counters)
         if self.failure is not None:
@@ -262,14 +288,36 @@ class Worker:
             self.job_done(held, self.outcomes.dead(held, "UnknownTask", msg, "unknown_task"))
             return
         timeout = env.timeout if env.timeout is not None else td.timeout
+        if held.attempts == 1 and env.submitted > 0:
+            self.metrics.task(env.task).wait.observe(max(0.0, time.time() - env.submitted))
         assert self.pool is not None
         held.work = self.pool.submit(
-            env.task, env.args, env.kwargs, timeout, lambda reply: self._on_reply(held, reply)
-        )
+            env.task, env.args, env.kwargs, timeout, lambda reply: self._on_reply(held, reply),
+            tag=held,
+        )  # fmt: skip
+
+    def _started(self, work: Work) -> None:
+        """A child was given a job."""
+        held: Held = work.tag
+        self.metrics.task(held.task).started.inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "→ %s job %s attempt %d", held.task, held.id, held.attempts,
+                extra=job_fields(held, self.id, "started"),
+            )  # fmt: skip
 
     def _on_reply(self, held: Held, reply: wire.ChildReply | None) -> None:
         """The pool is done with a job: a reply, or None when it was taken back."""
         if reply is not None:
+            work = held.work
+            if work is not None and work.started_at:
+                held.run_s = time.monotonic() - work.started_at
+                self.metrics.task(held.task).run.observe(held.run_s)
+            if reply.ok and log.isEnabledFor(logging.INFO):
+                log.info(
+                    "%6.2fs ✓ %s job %s", held.run_s or 0.0, held.task, held.id,
+                    extra=job_fields(held, self.id, "completed"),
+                )  # fmt: skip
             self.job_done(held, self.outcomes.reply(held, reply))
         elif held.lost:
             self.counters["lost"] += 1
@@ -292,13 +340,20 @@ class Worker:
     def _finished(self, pending: Pending, applied: int) -> None:
         if self.held.get(pending.held.id) is pending.held:
             del self.held[pending.held.id]
-        self.count(pending.item, applied)
+        self.count(pending.held, pending.item, applied)
 
-    def count(self, item: FinishItem, applied: int) -> None:
+    def count(self, held: Held, item: FinishItem, applied: int) -> None:
         """Count what the finish script did with an outcome, as Redis counts it."""
         if applied == 1:
             counter = {"ok": "completed", "retry": "retried", "dead": "dead", "release": "released"}
             self.counters[counter[item.kind]] += 1
+            if item.kind != "release":
+                series = self.metrics.task(held.task)
+                if item.kind == "ok":
+                    series.succeeded.inc()
+                else:
+                    series.failed.inc()
+                    (series.retried if item.kind == "retry" else series.dead).inc()
             if item.reaping:
                 self.counters["recovered"] += 1
         elif applied == 0:

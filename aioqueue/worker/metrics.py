@@ -1,0 +1,257 @@
+"""A worker's Prometheus metrics: job counters and timings per task, state read at scrape time.
+
+Job events cost one counter increment each (the series of a task are bound once, on its first
+job) and never a Redis call. What the worker knows (lease losses, fenced outcomes, child
+restarts, its processes) is read from its state when scraped; the queue's depth and the age of
+its oldest pending job are read from Redis then too, in one script call.
+
+Every metric carries a ``queue`` label; job metrics carry ``task`` too, which is the task's
+name, or ``unknown`` for a job whose task the queue does not register (so that junk names can't
+grow the series without bound).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+import anyio
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from .._redis import call_redis, to_str
+
+if TYPE_CHECKING:
+    from .supervisor import Worker
+
+__all__ = ("Metrics", "QueueSnapshot")
+
+log = logging.getLogger("aioqueue.worker")
+
+UNKNOWN_TASK = "unknown"
+#: Seconds, for run times of CPU-bound jobs and waits in a queue: 5 ms to 30 minutes.
+BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0, 1800.0, float("inf"),
+)  # fmt: skip
+PRIORITY_LEVELS = 32  # the most priority levels the oldest-pending read looks at
+READ_TIMEOUT = 2.0  # seconds a scrape waits for Redis before it leaves the queue's gauges out
+
+_SCRIPT = (resources.files("aioqueue") / "lua" / "queue_metrics.lua").read_text()
+
+
+def _version() -> str:
+    try:
+        return version("aioqueue")
+    except PackageNotFoundError:  # pragma: no cover - run from a tree that was never installed
+        return "unknown"
+
+
+def created_at(job_id: str) -> float | None:
+    """The wall-clock time (producer's clock, seconds) embedded in a job id, if it has one."""
+    try:
+        return int(job_id[:16], 16) / 1e9
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """The queue as one script read it: counts by state, and the oldest pending job's age
+    (seconds, by Redis's clock against the id's creation time; 0 when nothing is pending)."""
+
+    pending: int
+    scheduled: int
+    running: int
+    dead: int
+    oldest_pending_age: float
+
+
+class _TaskSeries:
+    """The series of one task, bound once so that a job event is one increment."""
+
+    __slots__ = ("started", "succeeded", "failed", "retried", "dead", "run", "wait")
+
+    def __init__(self, m: Metrics, queue: str, task: str) -> None:
+        self.started = m.started.labels(queue, task)
+        self.succeeded = m.succeeded.labels(queue, task)
+        self.failed = m.failed.labels(queue, task)
+        self.retried = m.retried.labels(queue, task)
+        self.dead = m.dead.labels(queue, task)
+        self.run = m.run_seconds.labels(queue, task)
+        self.wait = m.wait_seconds.labels(queue, task)
+
+
+class Metrics:
+    """The metrics of one worker, in a registry of its own (never the global one)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        self.queue = worker.queue.name
+        self.registry = r = CollectorRegistry()
+        labels = ("queue", "task")
+        self.started = Counter(
+            "aioqueue_jobs_started", "Attempts given to a child process", labels, registry=r
+        )
+        self.succeeded = Counter(
+            "aioqueue_jobs_succeeded", "Jobs completed, as recorded in Redis", labels, registry=r
+        )
+        self.failed = Counter(
+            "aioqueue_jobs_failed",
+            "Attempts that failed (retried or dead-lettered), as recorded in Redis",
+            labels,
+            registry=r,
+        )
+        self.retried = Counter(
+            "aioqueue_jobs_retried", "Failed attempts scheduled to run again", labels, registry=r
+        )
+        self.dead = Counter(
+            "aioqueue_jobs_dead", "Jobs dead-lettered (no retries left, or unrunnable)", labels,
+            registry=r,
+        )  # fmt: skip
+        self.run_seconds = Histogram(
+            "aioqueue_job_run_seconds", "Seconds a child ran an attempt", labels,
+            buckets=BUCKETS, registry=r,
+        )  # fmt: skip
+        self.wait_seconds = Histogram(
+            "aioqueue_job_wait_seconds",
+            "Seconds from a job's submission (the producer's wall clock) to its first claim",
+            labels,
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self._series: dict[str, _TaskSeries] = {}
+        self._unknown: _TaskSeries | None = None
+        self.snapshot: QueueSnapshot | None = None
+        self._script = worker.redis.register_script(_SCRIPT)
+        r.register(_StateCollector(self))
+
+    def add_process_metrics(self) -> None:
+        """Also export the supervisor process's CPU, memory and file descriptors (process_*)."""
+        ProcessCollector(registry=self.registry)
+
+    def task(self, name: str) -> _TaskSeries:
+        """The series of task ``name`` (``unknown`` when the queue has no such task)."""
+        series = self._series.get(name)
+        if series is not None:
+            return series
+        if name not in self.w.queue.tasks:
+            if self._unknown is None:
+                self._unknown = _TaskSeries(self, self.queue, UNKNOWN_TASK)
+            return self._unknown
+        series = self._series[name] = _TaskSeries(self, self.queue, name)
+        return series
+
+    async def read_queue(self) -> QueueSnapshot | None:
+        """The queue's counts and oldest pending age in one script call, or None when Redis
+        does not answer within :data:`READ_TIMEOUT`."""
+        k = self.w.keys
+        keys = [k.pending, k.scheduled, k.leases, k.dead]
+        try:
+            with anyio.fail_after(READ_TIMEOUT):
+                reply = await call_redis(
+                    self._script(keys=keys, args=[PRIORITY_LEVELS]), self.w.outage.url
+                )
+        except Exception as exc:
+            log.debug("metrics: the queue could not be read: %s", exc)
+            return None
+        pending, scheduled, running, dead, now_ms = (int(v) for v in reply[:5])
+        born = [t for t in (created_at(to_str(i)) for i in reply[5:]) if t is not None]
+        age = max(0.0, now_ms / 1000 - min(born)) if born else 0.0
+        return QueueSnapshot(pending, scheduled, running, dead, age)
+
+    async def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition (text format, or OpenMetrics if ``accept`` asks for it) and its
+        content type, after reading the queue."""
+        self.snapshot = await self.read_queue()
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+class _StateCollector(Collector):
+    """What the worker and the queue say at scrape time."""
+
+    def __init__(self, m: Metrics) -> None:
+        self.m = m
+        self.info = {
+            "worker": m.w.id,
+            "version": _version(),
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+        }
+
+    def collect(self) -> Iterable[Metric]:
+        m, w, q = self.m, self.m.w, self.m.queue
+        pool = w.pool
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=["queue"])
+            family.add_metric([q], value)
+            return family
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=["queue"])
+            family.add_metric([q], value)
+            return family
+
+        info = InfoMetricFamily("aioqueue_worker", "This worker", labels=["queue"])
+        info.add_metric([q], self.info)
+        yield info
+        yield gauge("aioqueue_worker_processes", "Child processes configured", w.settings.processes)
+        yield gauge(
+            "aioqueue_worker_live_processes", "Child processes taking jobs now",
+            pool.capacity if pool is not None else 0,
+        )  # fmt: skip
+        yield gauge("aioqueue_worker_running_jobs", "Jobs this worker holds now", w.running)
+        yield counter(
+            "aioqueue_lease_losses",
+            "Leases this worker lost (a heartbeat found another holder, or none)",
+            w.counters["lease_lost"],
+        )
+        yield counter(
+            "aioqueue_fenced",
+            "Outcomes Redis rejected because this worker no longer held the job",
+            w.counters["fenced"],
+        )
+        yield counter(
+            "aioqueue_child_restarts",
+            "Child processes started to replace one that exited, was killed or retired",
+            pool.restarts if pool is not None else 0,
+        )
+        snap = m.snapshot
+        yield gauge(
+            "aioqueue_redis_up", "1 if the queue's counts were read from Redis for this scrape",
+            0 if snap is None else 1,
+        )  # fmt: skip
+        if snap is None:
+            return
+        depth = GaugeMetricFamily(
+            "aioqueue_queue_depth",
+            "Jobs in the queue by state (running: leased to a worker)",
+            labels=["queue", "state"],
+        )
+        for state, n in (
+            ("pending", snap.pending), ("scheduled", snap.scheduled),
+            ("running", snap.running), ("dead", snap.dead),
+        ):  # fmt: skip
+            depth.add_metric([q, state], n)
+        yield depth
+        yield gauge(
+            "aioqueue_oldest_pending_age_seconds",
+            "Age of the oldest pending job, from its submission (the producer's wall clock) to "
+            "Redis's clock now; 0 when none is pending",
+            snap.oldest_pending_age,
+        )
