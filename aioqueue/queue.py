@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from redis.backoff import ExponentialBackoff
 
 from . import wire
 from ._redis import call_redis, check_url
-from .errors import InvalidOptions, PayloadTooLarge, UnknownTask
+from .errors import AioqueueError, InvalidOptions, PayloadTooLarge, UnknownTask
 from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus, new_job_id, status_of
 from .keys import REGISTRY, Keys, validate_queue_name
@@ -29,6 +30,8 @@ from .sync import SyncQueue
 from .task import TaskDef, task_name, unencodable_error
 
 __all__ = ("Queue",)
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -114,6 +117,7 @@ class Queue(Submits):
         self._by_fn: dict[Callable[..., Any], TaskDef] = {}
         self._redis: Redis | None = None
         self._scripts: Scripts | None = None
+        self._registered = False  # in the registry of queues (done on the first submit)
         self._results = Results(self)
         self._batch: list[tuple[_Prepared, asyncio.Future[Reply]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
@@ -279,6 +283,8 @@ class Queue(Submits):
         prepared = [self._prepare(name, td, a, k, o) for a, k, o in calls]
         rtype = td.return_type if td is not None else Any
         epoch = self._results.live_epoch()
+        if not self._registered:
+            await self._register_once()
         replies = await self._coalesce(prepared)
         return [Job(self, job_id, rtype, created, epoch) for job_id, created in replies]
 
@@ -452,6 +458,15 @@ class Queue(Submits):
         return await self.scripts.purge(job_ids)
 
     # -- registry --------------------------------------------------------------------------
+
+    async def _register_once(self) -> None:
+        """Register the queue on its first submit; best effort: an ACL user may lack the right
+        to write the registry, and a Redis that is down fails the submit itself just after."""
+        self._registered = True
+        try:
+            await self.register()
+        except AioqueueError as exc:
+            log.debug("queue %r not added to the registry: %s", self.name, exc)
 
     async def register(self) -> None:
         """Add the queue's name to the registry of queues (``aioqueue:queues``), where

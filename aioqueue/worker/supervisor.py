@@ -23,6 +23,7 @@ from .. import wire
 from .._redis import safe_url
 from .._redis import to_str as _str
 from .._text import count
+from ..keys import REGISTRY
 from ..queue import Queue
 from ..scripts import FinishItem, LeasedJob, Scripts
 from ._state import Channel, Held, Outage
@@ -227,6 +228,12 @@ class Worker:
             await self._idle.wait()
 
     async def _check_redis(self) -> None:
+        """At start: put the queue in the registry of queues (best effort: an ACL user may lack
+        the right, Redis may be down), and warn when Redis may evict the queue's keys."""
+        try:
+            await self.redis.sadd(REGISTRY, self.queue.name)
+        except Exception as exc:
+            log.debug("queue %r not added to the registry: %s", self.queue.name, exc)
         try:
             policy = await self.redis.config_get("maxmemory-policy")
         except Exception:  # CONFIG may be denied by ACL, or Redis may be down; then we can't tell
