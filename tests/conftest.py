@@ -178,7 +178,7 @@ def start_worker(redis_url: str, tmp_path: Path) -> Iterator[StartWorker]:
     started: list[WorkerProcess] = []
 
     async def start(
-        *args: str, processes: int = 2, wait: bool = True, env: dict[str, str] | None = None
+        *args: str, processes: int = 1, wait: bool = True, env: dict[str, str] | None = None
     ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
         w = WorkerProcess(redis_url, log, *args, processes=processes, env=env).start()

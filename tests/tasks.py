@@ -70,6 +70,17 @@ def burn(iterations: int) -> int:
     return total
 
 
+@queue.task(retries=0)
+def block_until(path: str, limit: float = 30.0) -> bool:
+    """Hold a child until the file ``path`` exists (a test's go signal), at most ``limit`` s."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 @queue.task(retries=1)
 def crash_child() -> None:
     os.kill(os.getpid(), signal.SIGKILL)

@@ -1,8 +1,10 @@
-"""The ``aioqueue`` command, run as a subprocess against the private Redis with real jobs."""
+"""The ``aioqueue`` command against the private Redis with real jobs (in-process, and as a real
+subprocess where the process itself matters: exit codes, one-line errors, Ctrl-C)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -11,11 +13,13 @@ import sys
 import time
 from typing import Any
 
+import anyio
 import pytest
 import redis
 
 import aioqueue
 from aioqueue import Queue, wire
+from aioqueue.admin.cli import main as admin_main
 from aioqueue.job import new_job_id
 from aioqueue.keys import REGISTRY, Keys
 from tests import tasks
@@ -37,6 +41,29 @@ class Ran:
 
 
 async def aq(url: str, *args: str, stdin: bytes = b"") -> Ran:
+    """Run the command's ``main(ARGS --redis-url URL)`` in a thread, its standard streams
+    captured as pipes would be (not a terminal): the same code path as ``python -m
+    aioqueue.admin`` without a new interpreter per call (``aq_process`` runs the real one)."""
+
+    def run() -> Ran:
+        out, err = io.StringIO(), io.StringIO()
+        saved = sys.stdin, sys.stdout, sys.stderr
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+        sys.stdout, sys.stderr = out, err
+        try:
+            admin_main([*args, "--redis-url", url])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        else:  # pragma: no cover - main always exits
+            code = 0
+        finally:
+            sys.stdin, sys.stdout, sys.stderr = saved
+        return Ran(code, out.getvalue(), err.getvalue())
+
+    return await anyio.to_thread.run_sync(run)
+
+
+async def aq_process(url: str, *args: str, stdin: bytes = b"") -> Ran:
     """Run ``python -m aioqueue.admin ARGS --redis-url URL`` (stdin and stdout are pipes)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIOQUEUE_")}
     proc = await asyncio.create_subprocess_exec(
@@ -162,11 +189,11 @@ async def test_submit_with_kwargs_then_cancel(queue: Queue, redis_url: str) -> N
 async def test_errors_are_one_line_and_a_non_zero_exit(queue: Queue, redis_url: str) -> None:
     """An unknown job, Redis down and bad usage each give one line on stderr."""
     await queue.register()
-    assert "not found" in one_line(await aq(redis_url, "job", "nosuchjob"))
+    assert "not found" in one_line(await aq_process(redis_url, "job", "nosuchjob"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
-    assert "unavailable" in one_line(await aq(closed, "info", "tests"))
+    assert "unavailable" in one_line(await aq_process(closed, "info", "tests"))
     r = await aq(redis_url, "dlq", "retry")
     assert "select with --id" in one_line(r)
     r = await aq(redis_url, "info", "--watch", "-1")

@@ -77,7 +77,7 @@ async def test_metrics_count_jobs_as_redis_does(queue: Queue, start_worker: Star
     depth gauges with queue.info(), and every attempt has a run time; a completed job logs one
     line with its duration."""
     port = _free_port()
-    worker = await start_worker("--metrics-port", str(port))
+    worker = await start_worker("--metrics-port", str(port), processes=2)
     ok = await queue.submit_many(tasks.add, [(i, 1) for i in range(5)])
     await queue.submit_many(tasks.fail, [("no",), ("nope",)])  # no retries: dead at once
     await queue.submit(tasks.fail_retried, "again")  # two retries, then dead
@@ -130,12 +130,15 @@ async def _counters_reach(queue: Queue, **want: int) -> bool:
     return all(counters.get(k, 0) >= v for k, v in want.items())
 
 
-async def test_depth_and_oldest_pending_age(queue: Queue, start_worker: StartWorker) -> None:
+async def test_depth_and_oldest_pending_age(
+    queue: Queue, start_worker: StartWorker, tmp_path: Path
+) -> None:
     """While jobs wait, the depth gauges match queue.info() and the oldest pending job's age
     counts from the oldest job, whatever its priority; with none pending it is 0."""
     port = _free_port()
     await start_worker("--metrics-port", str(port), processes=1)
-    busy = await queue.submit(tasks.sleep_for, 3.0)
+    go = tmp_path / "go"
+    busy = await queue.submit(tasks.block_until, str(go))
     await eventually(lambda: _is_running(busy), 20, "the busy job to start")
     first = await queue.submit(tasks.add, 1, 1)
     submitted = time.time()
@@ -154,6 +157,8 @@ async def test_depth_and_oldest_pending_age(queue: Queue, start_worker: StartWor
         assert m.total("aioqueue_queue_depth", state=state) == getattr(info, state), state
     age = m.total("aioqueue_oldest_pending_age_seconds")
     assert 0.2 <= age < time.time() - submitted + 1.0, age  # the first job's, not the last's
+    go.touch()
+    assert await busy.result(timeout=20) is True
     assert await first.result(timeout=20) == 2
 
     async def drained() -> bool:
@@ -248,6 +253,7 @@ async def test_json_logs_carry_job_fields(queue: Queue, start_worker: StartWorke
     assert failed["level"] == "WARNING" and failed["task"] == FAIL and "duration_s" in failed
 
 
+@pytest.mark.bench
 async def test_scrape_cost(queue: Queue, start_worker: StartWorker) -> None:
     """Measures one scrape of /metrics (100 in a row, each with its Redis read); reports the
     figure, asserts nothing about it."""

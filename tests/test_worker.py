@@ -87,7 +87,7 @@ async def test_retries_then_dead_letter_with_every_error(
 async def test_child_crash_fails_only_its_job(queue: Queue, start_worker: StartWorker) -> None:
     """A child killed by SIGKILL or a segfault fails only its own job's attempts; jobs running
     beside it complete, and the pool is whole again."""
-    worker = await start_worker()
+    worker = await start_worker(processes=2)
     slow = [await queue.submit(tasks.sleep_for, 0.3) for _ in range(4)]
     crash = await queue.submit(tasks.crash_child)
     segv = await queue.submit(tasks.segfault)
@@ -142,7 +142,7 @@ async def test_sigterm_drains_running_jobs_and_exits_zero(
     queue: Queue, start_worker: StartWorker, sync_redis: redis.Redis
 ) -> None:
     """On SIGTERM the worker takes no new job, lets running ones finish, and exits 0."""
-    worker = await start_worker()
+    worker = await start_worker(processes=2)
     running = await queue.submit_many(tasks.sleep_for, [(0.5,), (0.5,)])
     await eventually(lambda: sync_redis.zcard(queue.keys.leases) == 2, 10, "both running")
     waiting = await queue.submit(tasks.add, 1, 1)
