@@ -96,7 +96,7 @@ return out
 
 
 _RETENTION = _source("_retention")
-_PLAIN = ("submit", "status", "outcomes", "dead", "info")
+_PLAIN = ("submit", "status", "outcomes", "dead")
 _RECEIPTED = ("claim", "heartbeat", "finish", "cancel", "requeue", "purge")
 
 SOURCES: dict[str, str] = {name: _source(name) for name in _PLAIN}
@@ -279,11 +279,10 @@ class Scripts:
 
     async def info(self) -> InfoReply:
         """Counts, workers by heartbeat deadline, and counters, read in one step."""
-        k = self.keys
-        keys = [k.pending, k.scheduled, k.leases, k.dead, k.workers, k.stats]
-        p, s, r, d, live, gone, stats = await self._run("info", keys, [])
-        counters = {to_str(stats[i]): int(stats[i + 1]) for i in range(0, len(stats), 2)}
-        return InfoReply(p, s, r, d, [to_str(w) for w in live], [to_str(w) for w in gone], counters)
+        o = await self.overview(max_levels=0)
+        live = [w for w, deadline in o.workers.items() if deadline >= o.now_ms]
+        gone = [w for w, deadline in o.workers.items() if deadline < o.now_ms]
+        return InfoReply(o.pending, o.scheduled, o.running, o.dead, live, gone, o.counters)
 
     async def dead_letters(self, limit: int) -> list[DeadRow]:
         """The oldest ``limit`` dead letters, read in one step."""

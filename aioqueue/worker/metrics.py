@@ -17,7 +17,6 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
@@ -31,8 +30,6 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-
-from .._redis import call_redis, to_str
 
 if TYPE_CHECKING:
     from .supervisor import Worker
@@ -49,8 +46,6 @@ BUCKETS = (
 )  # fmt: skip
 PRIORITY_LEVELS = 32  # the most priority levels the oldest-pending read looks at
 READ_TIMEOUT = 2.0  # seconds a scrape waits for Redis before it leaves the queue's gauges out
-
-_SCRIPT = (resources.files("aioqueue") / "lua" / "queue_metrics.lua").read_text()
 
 
 def _version() -> str:
@@ -136,7 +131,6 @@ class Metrics:
         self._series: dict[str, _TaskSeries] = {}
         self._unknown: _TaskSeries | None = None
         self.snapshot: QueueSnapshot | None = None
-        self._script = worker.redis.register_script(_SCRIPT)
         r.register(_StateCollector(self))
 
     def add_process_metrics(self) -> None:
@@ -158,19 +152,15 @@ class Metrics:
     async def read_queue(self) -> QueueSnapshot | None:
         """The queue's counts and oldest pending age in one script call, or None when Redis
         does not answer within :data:`READ_TIMEOUT`."""
-        k = self.w.keys
-        keys = [k.pending, k.scheduled, k.leases, k.dead]
         try:
             with anyio.fail_after(READ_TIMEOUT):
-                reply = await call_redis(
-                    self._script(keys=keys, args=[PRIORITY_LEVELS]), self.w.outage.url
-                )
+                o = await self.w.scripts.overview(PRIORITY_LEVELS)
         except Exception as exc:
             log.debug("metrics: the queue could not be read: %s", exc)
             return None
-        pending, scheduled, running, dead, now_ms = (int(v) for v in reply[:5])
-        born = [t for t in (created_at(to_str(i)) for i in reply[5:]) if t is not None]
-        age = max(0.0, now_ms / 1000 - min(born)) if born else 0.0
+        born = [t for t in (created_at(i) for i in o.level_heads) if t is not None]
+        age = max(0.0, o.now_ms / 1000 - min(born)) if born else 0.0
+        pending, scheduled, running, dead = o.pending, o.scheduled, o.running, o.dead
         return QueueSnapshot(pending, scheduled, running, dead, age)
 
     async def render(self, accept: str = "") -> tuple[bytes, str]:
