@@ -107,7 +107,7 @@ async def test_sigkilled_supervisor_loses_nothing(
     """A SIGKILLed supervisor's running jobs are recovered by another worker, and its children
     exit by themselves."""
     ledger = tmp_path / "ledger"
-    victim = await start_worker()
+    victim = await start_worker(processes=2)
     jobs = await queue.submit_many(tasks.record, [(str(ledger), f"t{i}", 0.4) for i in range(6)])
     await eventually(
         lambda: ledger.exists() and len(ledger.read_text().splitlines()) >= 2, 20, "start"
@@ -117,7 +117,7 @@ async def test_sigkilled_supervisor_loses_nothing(
     await victim.exited(10)
     await eventually(lambda: not any(alive(p) for p in kids), 10, "orphan children to exit")
     killed_at = time.monotonic()
-    await start_worker()
+    await start_worker(processes=2)
     assert [await j.result(timeout=30) for j in jobs] == [f"t{i}" for i in range(6)]
     assert time.monotonic() - killed_at < 10
     info = await queue.info()
