@@ -16,6 +16,7 @@ class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
     :ivar live_workers: their ids.
     :ivar gone_workers: ids of workers whose heartbeat lapsed (killed, cut off, or stopped
         without saying goodbye), until a live worker clears them a minute later.
+    :ivar paused: True while the queue is paused (:meth:`Queue.pause`): workers claim nothing.
     """
 
     pending: int
@@ -26,6 +27,7 @@ class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
     counters: dict[str, int]
     live_workers: list[str] = []
     gone_workers: list[str] = []
+    paused: bool = False
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

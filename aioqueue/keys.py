@@ -29,7 +29,7 @@ class Keys:
 
     __slots__ = (
         "prefix", "jobs", "pending", "scheduled", "priority", "attempts", "tokens",
-        "leases", "dead", "errors", "wake", "workers", "stats", "done_channel",
+        "leases", "dead", "errors", "wake", "workers", "stats", "done_channel", "paused",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -48,6 +48,7 @@ class Keys:
         self.workers = p + "workers"
         self.stats = p + "stats"
         self.done_channel = p + "done"
+        self.paused = p + "paused"  # exists while the queue is paused: workers claim nothing
 
     def result(self, job_id: str) -> str:
         """The string key that holds a finished job's outcome (with a TTL)."""

@@ -418,7 +418,8 @@ class Queue(Submits):
 
     async def info(self) -> QueueInfo:
         """Counts of pending, scheduled, running and dead jobs, workers (live by heartbeat
-        deadline; the others listed as gone), and lifetime counters, read in one step."""
+        deadline; the others listed as gone), lifetime counters and whether the queue is
+        paused, read in one step."""
         r = await self.scripts.info()
         return QueueInfo(
             pending=r.pending,
@@ -429,6 +430,7 @@ class Queue(Submits):
             live_workers=r.live_workers,
             gone_workers=r.gone_workers,
             counters=r.counters,
+            paused=r.paused,
         )
 
     # -- dead letters ----------------------------------------------------------------------
@@ -472,6 +474,24 @@ class Queue(Submits):
         """Add the queue's name to the registry of queues (``aioqueue:queues``), where
         ``aioqueue info`` finds it; one command, and asking again changes nothing."""
         await call_redis(self.redis.sadd(REGISTRY, self.name), self.redis_url)
+
+    # -- pause -----------------------------------------------------------------------------
+
+    async def pause(self) -> None:
+        """Stop workers from claiming this queue's jobs: every claim reads the flag, so none
+        made after this returns leases a job. Jobs already claimed (running, or claimed ahead
+        with ``--prefetch``) finish; submits, delays, retries and the recovery of expired leases
+        go on. One command, idempotent."""
+        await self.scripts.pause()
+
+    async def resume(self) -> None:
+        """Let workers claim again: the flag is cleared and a blocked worker woken in one
+        script call, so pending jobs start at once (no worker polls for it). Idempotent."""
+        await self.scripts.resume()
+
+    async def paused(self) -> bool:
+        """Whether the queue is paused (one command)."""
+        return await self.scripts.paused()
 
 
 def _positive(name: str, value: object) -> None:

@@ -150,11 +150,13 @@ class LeasedJob:
 
 @dataclass(frozen=True, slots=True)
 class ClaimReply:
-    """What a claim gave: jobs leased, ms until the next scheduled job (-1: none), stale skipped."""
+    """What a claim gave: jobs leased, ms until the next scheduled job (-1: none), stale skipped,
+    and whether the queue is paused (then no job was leased, and no wake-up token left behind)."""
 
     jobs: list[LeasedJob]
     next_due_ms: int
     stale: int
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,7 @@ class InfoReply:
     live_workers: list[str]
     gone_workers: list[str]
     counters: dict[str, int]
+    paused: bool = False
 
 
 def _leased(rows: list[Any], width: int) -> list[LeasedJob]:
@@ -209,7 +212,7 @@ def _leased(rows: list[Any], width: int) -> list[LeasedJob]:
 
 
 def _claim_reply(reply: list[Any]) -> ClaimReply:
-    return ClaimReply(_leased(reply[2:], 4), int(reply[0]), int(reply[1]))
+    return ClaimReply(_leased(reply[3:], 4), int(reply[0]), int(reply[1]), int(reply[2]) == 1)
 
 
 class Scripts:
@@ -219,6 +222,7 @@ class Scripts:
     def __init__(self, redis: Redis, keys: Keys, url: str) -> None:
         self.keys = keys
         self.url = url
+        self._redis = redis
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(src) for name, src in SOURCES.items()
         }
@@ -282,7 +286,9 @@ class Scripts:
         o = await self.overview(max_levels=0)
         live = [w for w, deadline in o.workers.items() if deadline >= o.now_ms]
         gone = [w for w, deadline in o.workers.items() if deadline < o.now_ms]
-        return InfoReply(o.pending, o.scheduled, o.running, o.dead, live, gone, o.counters)
+        return InfoReply(
+            o.pending, o.scheduled, o.running, o.dead, live, gone, o.counters, o.paused
+        )
 
     async def dead_letters(self, limit: int) -> list[DeadRow]:
         """The oldest ``limit`` dead letters, read in one step."""
@@ -344,7 +350,7 @@ class Scripts:
         """
         ks = self.keys
         claim_keys = [ks.pending, ks.scheduled, ks.priority, ks.jobs, ks.attempts, ks.tokens,
-                      ks.leases, ks.wake, ks.stats]  # fmt: skip
+                      ks.leases, ks.wake, ks.stats, ks.paused]  # fmt: skip
         claim_args: list[Any] = [k, lease_ms, f"{holder}:", receipt.call]
         if not finish:
             return [], _claim_reply(await self._run("claim", claim_keys, claim_args, receipt))
@@ -382,10 +388,11 @@ class Scripts:
 
     async def overview(self, max_levels: int = 64) -> Overview:
         """Counts, workers with their heartbeat deadlines, counters, the first pending job of
-        each priority level (at most ``max_levels``) and the leases past due, in one step."""
+        each priority level (at most ``max_levels``), the leases past due and the pause flag,
+        in one step."""
         k = self.keys
-        keys = [k.pending, k.scheduled, k.leases, k.dead, k.workers, k.stats]
-        now, p, s, r, d, workers, stats, heads, more, past, first = await self._run(
+        keys = [k.pending, k.scheduled, k.leases, k.dead, k.workers, k.stats, k.paused]
+        now, p, s, r, d, workers, stats, heads, more, past, first, paused = await self._run(
             "overview", keys, [max_levels]
         )
         return Overview(
@@ -400,6 +407,7 @@ class Scripts:
             more_levels=bool(more),
             leases_past_due=int(past),
             earliest_lease_ms=float(first) if first else None,
+            paused=int(paused) == 1,
         )
 
     async def job_info(self, job_id: str) -> JobRow:
@@ -423,15 +431,35 @@ class Scripts:
             outcome=bytes(outcome) if outcome else None,
         )
 
+    # -- pause -----------------------------------------------------------------------------
+
+    async def pause(self) -> bool:
+        """Set the queue's pause flag, which every claim reads: workers claim nothing until
+        :meth:`resume`. One command; True if the queue was not paused already."""
+        k = self.keys
+        return bool(await call_redis(self._redis.set(k.paused, "1", nx=True), self.url))
+
+    async def resume(self) -> bool:
+        """Clear the pause flag and wake a worker blocked on the wake list, in one step; True if
+        the queue was paused. Idempotent: a re-send finds the flag gone and pushes nothing."""
+        k = self.keys
+        return bool(await self._run("resume", [k.paused, k.wake], []))
+
+    async def paused(self) -> bool:
+        """Whether the queue is paused (one command)."""
+        return bool(await call_redis(self._redis.exists(self.keys.paused), self.url))
+
 
 SOURCES["overview"] = _source("overview")
 SOURCES["job_info"] = _source("job_info")
+SOURCES["resume"] = _source("resume")
 
 
 @dataclass(frozen=True, slots=True)
 class Overview:
     """A queue as ``aioqueue info`` shows it: counts, workers by heartbeat deadline (ms),
-    counters, each priority level's first pending id, and the leases past due."""
+    counters, each priority level's first pending id, the leases past due, and whether the
+    queue is paused."""
 
     now_ms: int
     pending: int
@@ -444,6 +472,7 @@ class Overview:
     more_levels: bool
     leases_past_due: int
     earliest_lease_ms: float | None
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

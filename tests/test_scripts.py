@@ -271,7 +271,7 @@ async def test_dead_letters_and_info_are_one_round_trip_each(
     assert row.id == job.id and row.data is not None and row.errors is not None
     info = await scripts.info()
     assert (info.pending, info.running, info.dead) == (0, 0, 1)
-    assert info.live_workers[0] == "live" and info.counters["dead"] == 1
+    assert "live" in info.live_workers and info.counters["dead"] == 1
     # "gone" heartbeated with a 1 ms deadline: gone as soon as Redis's clock passes it
     info = await eventually(lambda: _gone(scripts), 5, "the 1 ms heartbeat to lapse")
     assert info.live_workers == ["live"] and info.gone_workers == ["gone"]  # type: ignore[attr-defined]

@@ -9,9 +9,13 @@
 -- KEYS[7] leases     zset   id -> lease deadline (ms)
 -- KEYS[8] wake       list   wake-up tokens
 -- KEYS[9] stats      hash   counters
+-- KEYS[10] paused    string exists while the queue is paused
 -- ARGV[1] k (max jobs to claim), ARGV[2] lease_ms, ARGV[3] token prefix, ARGV[4] first token seq
--- Returns {ms until the next scheduled job or -1, stale ids skipped, then per claimed job:
---          id, token, attempts, envelope}
+-- Returns {ms until the next scheduled job or -1, stale ids skipped, 1 if paused else 0, then
+--          per claimed job: id, token, attempts, envelope}
+-- While paused, due scheduled jobs are still promoted (they keep their schedule), but nothing is
+-- popped and no wake-up token is pushed: a worker told "paused" blocks on the wake list until
+-- resume.lua pushes one.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- A deletion first (of nothing): Redis refuses a script at maxmemory only when its first write
@@ -23,8 +27,12 @@ for _, id in ipairs(due) do
   redis.call('ZADD', KEYS[1], -p, id)
   redis.call('ZREM', KEYS[2], id)
 end
-local out = {-1, 0}
+local paused = redis.call('EXISTS', KEYS[10])
+local out = {-1, 0, paused}
 local k = tonumber(ARGV[1])
+if paused == 1 then
+  k = 0
+end
 local lease = tonumber(ARGV[2])
 local seq = tonumber(ARGV[4])
 local stale = 0
@@ -53,7 +61,7 @@ if k > 0 then
   end
 end
 out[2] = stale
-if redis.call('ZCARD', KEYS[1]) > 0 and redis.call('LLEN', KEYS[8]) == 0 then
+if paused == 0 and redis.call('ZCARD', KEYS[1]) > 0 and redis.call('LLEN', KEYS[8]) == 0 then
   redis.call('RPUSH', KEYS[8], '1')  -- more work: wake the next idle worker
 end
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')

@@ -4,6 +4,10 @@ No sleep-and-poll: between claims the loop blocks on the queue's wake-up list (b
 ``block_timeout``), and only the last 100 ms before a delayed job is due are waited out here,
 because Redis ends blocking waits on its own 100 ms clock (hz 10).
 
+A paused queue (``Queue.pause()``) is seen in the reply of the claim the loop sends anyway: it
+leases nothing and leaves no wake-up token, and the loop blocks on the wake list as when idle,
+until ``Queue.resume()`` pushes a token that ends the wait at once.
+
 A claim whose reply was lost is re-sent as is, under the same receipt, before anything else: it
 then returns the jobs it leased the first time instead of popping others, so no job sits leased
 to a worker that never heard of it.
@@ -46,6 +50,7 @@ class Fetcher:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
         self.unanswered: _Claim | None = None
+        self.paused = False  # the last claim found the queue paused
 
     def _free(self) -> int:
         """Jobs to claim now: what live children can take, plus the prefetch, less what is held.
@@ -87,16 +92,28 @@ class Fetcher:
                 w.outage.ok()
                 backoff.reset()
                 self._took(claim)
+                self._note_pause(claim.paused)
                 if claim.jobs:
                     continue
                 if s.burst and not w.running and await w.queue_empty():
                     log.info("burst: queue empty, stopping")
                     w.stopping.set()
                     return
-                await self._block(claim.next_due_ms)
+                # paused: due jobs wait anyway, so only a resume (or the timeout) ends the wait
+                await self._block(-1 if claim.paused else claim.next_due_ms)
             except Exception as exc:
                 w.outage.failed("fetching jobs", exc)
                 await backoff.sleep()
+
+    def _note_pause(self, paused: bool) -> None:
+        if paused != self.paused:
+            self.paused = paused
+            if paused:
+                log.info(
+                    "queue %s is paused: claiming nothing until it is resumed", self.w.queue.name
+                )
+            else:
+                log.info("queue %s resumed: claiming again", self.w.queue.name)
 
     def _took(self, claim: ClaimReply) -> None:
         w = self.w

@@ -73,6 +73,7 @@ class QueueSnapshot:
     running: int
     dead: int
     oldest_pending_age: float
+    paused: bool = False
 
 
 class _TaskSeries:
@@ -161,7 +162,7 @@ class Metrics:
         born = [t for t in (created_at(i) for i in o.level_heads) if t is not None]
         age = max(0.0, o.now_ms / 1000 - min(born)) if born else 0.0
         pending, scheduled, running, dead = o.pending, o.scheduled, o.running, o.dead
-        return QueueSnapshot(pending, scheduled, running, dead, age)
+        return QueueSnapshot(pending, scheduled, running, dead, age, o.paused)
 
     async def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition (text format, or OpenMetrics if ``accept`` asks for it) and its
@@ -245,3 +246,7 @@ class _StateCollector(Collector):
             "Redis's clock now; 0 when none is pending",
             snap.oldest_pending_age,
         )
+        yield gauge(
+            "aioqueue_queue_paused", "1 while the queue is paused (workers claim nothing), else 0",
+            1 if snap.paused else 0,
+        )  # fmt: skip
