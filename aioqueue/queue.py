@@ -17,7 +17,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from . import wire
+from . import tracing, wire
 from ._redis import call_redis, check_url
 from .errors import AioqueueError, InvalidOptions, PayloadTooLarge, UnknownTask
 from .info import DeadLetter, QueueInfo
@@ -320,6 +320,7 @@ class Queue(Submits):
             key=opts.key,
             result_ttl=opts.result_ttl,
             submitted=time.time(),
+            trace=tracing.inject(),
         )
         data = wire.encode(env)
         if len(data) > self.max_payload:

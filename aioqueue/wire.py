@@ -45,6 +45,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     key: str | None = None  # de-duplication key
     result_ttl: float | None = None  # seconds; None: the queue's default
     submitted: float = 0.0  # producer's wall clock, for latency figures only
+    trace: dict[str, str] | None = None  # W3C trace context current at submit (tracing.py)
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

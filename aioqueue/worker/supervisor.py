@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .. import wire
+from .. import tracing, wire
 from .._redis import safe_url
 from .._redis import to_str as _str
 from .._text import count
@@ -88,6 +88,7 @@ class Worker:
         self.stopping = anyio.Event()
         self._hard_stop = anyio.Event()
         self._fetch_scope: anyio.CancelScope | None = None
+        self.spans = tracing.run_spans(queue.name)  # None unless OpenTelemetry is loaded
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -307,6 +308,8 @@ class Worker:
         """A child was given a job."""
         held: Held = work.tag
         self.metrics.task(held.task).started.inc()
+        if self.spans is not None:
+            self.spans.start(held)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "→ %s job %s attempt %d", held.task, held.id, held.attempts,
@@ -315,6 +318,8 @@ class Worker:
 
     def _on_reply(self, held: Held, reply: wire.ChildReply | None) -> None:
         """The pool is done with a job: a reply, or None when it was taken back."""
+        if self.spans is not None:
+            self.spans.end(held, reply)
         if reply is not None:
             work = held.work
             if work is not None and work.started_at:
