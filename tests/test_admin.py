@@ -208,6 +208,7 @@ async def test_purge_deletes_every_key_of_the_queue(
     await queue.register()
     await queue.options(key="once").submit(tasks.noop)
     await queue.options(delay=60).submit(tasks.add, 1, 2)
+    await queue.pause()  # the pause flag is a key of the queue too
     other = Keys("other")
     sync_redis.zadd(other.pending, {"x": 0})
     assert "pass --yes" in one_line(await aq(redis_url, "purge", "tests"))
@@ -253,3 +254,48 @@ async def test_info_watch_refreshes_until_interrupted(queue: Queue, redis_url: s
     assert [json.loads(s)["queues"][0]["pending"] for s in lines] == [1, 1]
     proc.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_pause_and_resume_commands(queue: Queue, redis_url: str) -> None:
+    """pause and resume take several queues, print one line each (one JSON line with --json),
+    say when nothing changed, and warn about a name the registry doesn't know; info shows the
+    flag, and doctor notes a paused queue with pending jobs."""
+    await queue.register()
+    await queue.submit(tasks.noop)
+    r = await aq(redis_url, "pause", "tests", "--json")
+    assert r.code == 0 and r.out.count("\n") == 1 and r.err == ""
+    assert r.json == {"queues": [{"queue": "tests", "paused": True, "changed": True,
+                                  "pending": 1, "running": 0}]}  # fmt: skip
+    assert await queue.paused()
+    r = await aq(redis_url, "pause", "tests", "typo")
+    assert r.out.splitlines() == [
+        "queue tests: already paused (1 pending wait, 0 running finish)",
+        "queue typo: paused (0 pending wait, 0 running finish)",
+    ]
+    assert r.err == "aioqueue: queue 'typo' is not in the registry: check its name\n"
+    [q] = (await aq(redis_url, "info", "tests", "--json")).json["queues"]
+    assert q["paused"] is True
+    text = (await aq(redis_url, "info", "tests")).out.splitlines()
+    assert ["paused", "yes:", "workers", "claim", "nothing"] in [ln.split() for ln in text]
+    found = {
+        f["check"]: f for f in (await aq(redis_url, "doctor", "tests", "--json")).json["findings"]
+    }
+    assert (
+        found["paused"]["level"] == "note" and "1 job(s) are pending" in found["paused"]["detail"]
+    )
+    assert found["paused"]["fix"] == "aioqueue resume tests"
+
+    r = await aq(redis_url, "resume", "tests", "typo", "--json")
+    assert [(d["queue"], d["paused"], d["changed"]) for d in r.json["queues"]] == [
+        ("tests", False, True), ("typo", False, True),
+    ]  # fmt: skip
+    assert not await queue.paused()
+    assert (
+        await aq(redis_url, "resume", "tests")
+    ).out == "queue tests: was not paused (1 pending)\n"
+    [q] = (await aq(redis_url, "info", "tests", "--json")).json["queues"]
+    assert q["paused"] is False
+    found = {
+        f["check"]: f for f in (await aq(redis_url, "doctor", "tests", "--json")).json["findings"]
+    }
+    assert "paused" not in found

@@ -13,6 +13,7 @@ from .dlq import Selection, dlq
 from .doctor import doctor
 from .info import info
 from .jobs import cancel, job, parse_json_args, submit
+from .pause import pause
 from .purge import purge
 from .render import Output
 from .session import Session
@@ -85,6 +86,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true", help="don't ask")
     c.add_argument("--force", action="store_true", help="even while live workers serve it")
 
+    for verb, text in (("pause", "stop workers from claiming the queues' jobs"),
+                       ("resume", "let workers claim the queues' jobs again")):  # fmt: skip
+        c = sub.add_parser(verb, parents=[common], help=text)
+        c.add_argument("queues", nargs="+", metavar="QUEUE")
+
     c = sub.add_parser("doctor", parents=[common], help="check Redis against the guarantees")
     c.add_argument("queue", nargs="?", metavar="QUEUE", help="also check this queue's health")
     return p
@@ -106,6 +112,8 @@ async def _run(a: argparse.Namespace, session: Session, out: Output) -> int:
         return await cancel(session, out, a.ids, a.queue)
     if a.command == "purge":
         return await purge(session, out, a.queue, a.yes, a.force)
+    if a.command in ("pause", "resume"):
+        return await pause(session, out, a.queues, a.command == "pause")
     assert a.command == "doctor"
     return await doctor(session, out, a.queue)
 

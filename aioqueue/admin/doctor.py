@@ -278,6 +278,11 @@ async def _queue(session: Session, name: str) -> list[Finding]:
         out.append(Finding("workers", "risk", f"{waiting}, no live worker", "start a worker"))
     else:
         out.append(Finding("backlog", "ok", f"{waiting}; {len(live)} live worker(s)"))
+    if o.paused:
+        detail = "paused: workers claim nothing"
+        if o.pending:
+            detail = f"paused while {o.pending:,} job(s) are pending: workers claim none of them"
+        out.append(Finding("paused", "note", detail, f"aioqueue resume {name}"))
     if gone:
         out.append(
             Finding(

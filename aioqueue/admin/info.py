@@ -17,7 +17,9 @@ __all__ = ("info", "queue_info")
 
 
 def _has_data(o: Overview) -> bool:
-    return bool(o.pending or o.scheduled or o.running or o.dead or o.workers or o.counters)
+    return bool(
+        o.pending or o.scheduled or o.running or o.dead or o.workers or o.counters or o.paused
+    )
 
 
 async def queue_info(session: Session, name: str) -> dict[str, Any]:
@@ -43,6 +45,7 @@ async def queue_info(session: Session, name: str) -> dict[str, Any]:
         "scheduled": o.scheduled,
         "running": o.running,
         "dead": o.dead,
+        "paused": o.paused,
         "oldest_pending": None
         if oldest is None
         else {
@@ -69,6 +72,7 @@ def _blocks(queues: list[dict[str, Any]]) -> list[Block]:
             if not oldest["exact"]:
                 when += ", among the first 64 priority levels"
         pairs = [
+            ("paused", "yes: workers claim nothing" if d["paused"] else "no"),
             ("pending", f"{d['pending']:,}"),
             ("scheduled", f"{d['scheduled']:,}"),
             ("running", f"{d['running']:,}"),
