@@ -14,6 +14,7 @@ whether or not the package is installed.
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class _Api:
         self.inject = propagate.inject
         self.extract = propagate.extract
         self.tracer = trace.get_tracer(TRACER)  # a proxy until the application sets a provider
+        self.provider = trace.get_tracer_provider
+        self.no_op = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)  # no provider set
         self.link = trace.Link
         self.consumer = trace.SpanKind.CONSUMER
         self.error = trace.StatusCode.ERROR
@@ -93,10 +96,14 @@ class RunSpans:
         self.queue = queue
         self._api = api
         self._open: dict[Held, Span] = {}
+        self._live = False  # a tracer provider is set (for good: it can be set only once)
+        self._check_at = 0.0  # until then, take it that none is (asking costs a microsecond)
 
     def start(self, held: Held) -> None:
         """A child started the job: open its span, linked to the producer's span context."""
         api, env = self._api, held.env
+        if not self._live and not self._provider_set():  # spans would be thrown away
+            return
         links = None
         if env is not None and env.trace:
             linked = api.current_span(api.extract(env.trace)).get_span_context()
@@ -115,6 +122,14 @@ class RunSpans:
                 "aioqueue.attempt": held.attempts,
             },
         )
+
+    def _provider_set(self) -> bool:
+        now = time.monotonic()
+        if now < self._check_at:
+            return False
+        self._live = not isinstance(self._api.provider(), self._api.no_op)
+        self._check_at = now + 1.0
+        return self._live
 
     def end(self, held: Held, reply: ChildReply | None) -> None:
         """The child replied (``reply``), or the job was taken back (None): close its span."""
