@@ -1,12 +1,13 @@
 """A Hypothesis state machine that drives the Lua scripts directly against a private Redis.
 
-Rules: submit (new or duplicate id, now or delayed), claim with a tiny (1 ms) or a long lease,
-heartbeat, finish ok/retry/dead/release with the current or a stale token, a worker crash (its
-tokens are forgotten), requeue of the dead letters, and reaping: a real 3 ms wait, then
-``expired`` and ``finish`` with ``reaping``; and the re-send of the last call exactly as a client
-re-sends it after a lost reply (same arguments, same receipt), which must answer as the first
-time and change nothing. Delays are 0 or a minute, and reaping waits past every tiny lease, so
-each step's outcome is independent of timing (Hypothesis can replay it).
+Rules: submit (new or duplicate id, now or delayed), claim with a tiny (1 ms) or a long lease
+(nothing while the queue is paused), pause and resume, heartbeat, finish ok/retry/dead/release with
+the current or a stale token, a worker crash (its tokens are forgotten), requeue of the dead
+letters, and reaping: a real 3 ms wait, then ``expired`` and ``finish`` with ``reaping``; and the
+re-send of the last call exactly as a client re-sends it after a lost reply (same arguments, same
+receipt), which must answer as the first time and change nothing. Delays are 0 or a minute, and
+reaping waits past every tiny lease, so each step's outcome is independent of timing (Hypothesis can
+replay it).
 After every step each job must be in exactly one state, that state must be the model's,
 attempts must match, and the counts must be conserved.
 """
@@ -70,6 +71,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.n = 0
         self.seq = 0
         self.fenced = 0
+        self.paused = False
 
     def teardown(self) -> None:
         self.loop.run_until_complete(self.client.aclose())
@@ -142,6 +144,9 @@ class QueueMachine(RuleBasedStateMachine):
         self.seq += k
         _, reply = self._call(lambda: self.sc.claim(k, 1 if short else LONG, "w", r))
         assert reply.stale == 0  # no stale entries are ever created by the scripts
+        assert reply.paused == self.paused
+        if self.paused:
+            assert reply.jobs == []
         claimed = [(j.id, j.token, j.attempts) for j in reply.jobs]
         assert len(claimed) <= k
         for id_, token, attempts in claimed:
@@ -227,6 +232,17 @@ class QueueMachine(RuleBasedStateMachine):
         for id_ in dead:
             self.state[id_] = "queued"
             self.attempts[id_] = 0
+
+    @rule(paused=st.booleans())
+    def pause_or_resume(self, paused: bool) -> None:
+        # not a receipted call (it is idempotent by itself), so not the one resend_last repeats:
+        # a claim re-sent across a pause or a resume still gets its first answer
+        before = self._dump()
+        call = self.sc.pause if paused else self.sc.resume
+        changed = self.loop.run_until_complete(call())
+        assert changed == (paused != self.paused)
+        self.paused = paused
+        assert self._dump() == before
 
     @precondition(lambda self: self.last is not None)
     @rule()
