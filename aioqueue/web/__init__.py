@@ -1,0 +1,1 @@
+"""The HTTP API and dashboard, ``aioqueue-web``: needs ``pip install 'aioqueue[web]'``."""
