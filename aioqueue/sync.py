@@ -290,6 +290,18 @@ class SyncQueue(SyncSubmits):
         """Counts of jobs and workers and lifetime counters; as :meth:`aioqueue.Queue.info`."""
         return self._call("queue.sync.info()", lambda q: q.info())
 
+    def pause(self) -> None:
+        """Stop workers claiming the queue's jobs; as :meth:`aioqueue.Queue.pause`."""
+        self._call("queue.sync.pause()", lambda q: q.pause())
+
+    def resume(self) -> None:
+        """Let workers claim the queue's jobs again; as :meth:`aioqueue.Queue.resume`."""
+        self._call("queue.sync.resume()", lambda q: q.resume())
+
+    def paused(self) -> bool:
+        """Whether the queue is paused."""
+        return self._call("queue.sync.paused()", lambda q: q.paused())
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The oldest ``limit`` dead-lettered jobs, with every attempt's error."""
         return self._call("queue.sync.dead_letters()", lambda q: q.dead_letters(limit))

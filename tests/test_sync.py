@@ -75,6 +75,10 @@ def test_submit_and_result_from_the_main_thread(sync: SyncQueue, worker: None) -
     assert (again.id, again.created) == (first.id, False)
     assert again.result(timeout=20) == 10
     assert sync.info().pending == 0
+    sync.pause()
+    assert sync.paused() and sync.info().paused
+    sync.resume()
+    assert not sync.paused()
 
 
 def test_twenty_threads_share_one_loop_and_one_subscription(
