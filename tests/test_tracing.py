@@ -25,7 +25,7 @@ from tests import tasks, tracing_tasks
 from tests._async import eventually
 from tests.conftest import ROOT, WorkerProcess
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.extras]
 
 
 def _producer() -> tuple[TracerProvider, InMemorySpanExporter]:

@@ -30,7 +30,7 @@ uvicorn = pytest.importorskip("uvicorn", reason="the web extra isn't installed: 
 from aioqueue.web.app import create_app  # noqa: E402 - needs starlette, checked just above
 from aioqueue.web.context import Settings  # noqa: E402
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.extras]
 
 CHROMIUM = "/usr/bin/chromium"
 Serve = Callable[..., str]

@@ -13,7 +13,7 @@ from .jobs import job_blocks, job_data
 from .render import Block, Output, Table
 from .session import CommandError, Session
 
-__all__ = ("Selection", "dlq")
+__all__ = ("Selection", "dead_row", "dlq", "selected")
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,14 @@ class Selection:
         return self.error is None or bool(d.errors and d.errors[-1].type == self.error)
 
 
-async def _selected(q: Queue, sel: Selection) -> list[DeadLetter]:
+async def selected(q: Queue, sel: Selection) -> list[DeadLetter]:
     count = await call_redis(q.redis.zcard(q.keys.dead), q.redis_url)
     if not count:
         return []
     return [d for d in await q.dead_letters(limit=count) if sel.matches(d)]
 
 
-def _row(d: DeadLetter) -> dict[str, Any]:
+def dead_row(d: DeadLetter) -> dict[str, Any]:
     last = d.errors[-1] if d.errors else None
     return {
         "id": d.id,
@@ -82,11 +82,11 @@ async def dlq(
             raise CommandError(f"dlq {action}: select with --id ID..., --task, --error or --all")
         sel = Selection(all=True)
     names = await session.names(queues)
-    picked = {n: await _selected(session.queue(n), sel) for n in names}
+    picked = {n: await selected(session.queue(n), sel) for n in names}
     total = sum(len(v) for v in picked.values())
     if action == "list":
         data: dict[str, Any] = {
-            "dead_letters": [{"queue": n, **_row(d)} for n, ds in picked.items() for d in ds]
+            "dead_letters": [{"queue": n, **dead_row(d)} for n, ds in picked.items() for d in ds]
         }
         rows = [
             [r["queue"], r["id"], r["task"], iso(r["dead_at"]) or "-", str(r["attempts"]),

@@ -7,9 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..admin.dlq import Selection
-from ..admin.dlq import _row as dead_row
-from ..admin.dlq import _selected as selected
+from ..admin.dlq import Selection, dead_row, selected
 from ._body import json_object, only, optional_str
 from .api import ctx_of
 from .context import HttpError
