@@ -219,3 +219,21 @@ def test_worker_reads_the_environment(redis_url: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "burst: queue empty, stopping" in out.stderr
+
+
+def test_aioqueue_worker_is_aioqueue_hyphen_worker() -> None:
+    """``aioqueue worker ...`` runs the same command as ``aioqueue-worker ...``."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "aioqueue.admin", "worker", "--version"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"aioqueue-worker {version('aioqueue')}"
+    bad = subprocess.run(
+        [sys.executable, "-m", "aioqueue.admin", "worker", "--lease", "-1", "tasks:queue"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "lease must be > 0 seconds" in bad.stderr

@@ -91,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
         c = sub.add_parser(verb, parents=[common], help=text)
         c.add_argument("queues", nargs="+", metavar="QUEUE")
 
+    sub.add_parser("worker", help="run a worker (aioqueue worker --help; as aioqueue-worker)")
     sub.add_parser("web", help="the HTTP API and dashboard (aioqueue web --help; the web extra)")
     c = sub.add_parser("doctor", parents=[common], help="check Redis against the guarantees")
     c.add_argument("queue", nargs="?", metavar="QUEUE", help="also check this queue's health")
@@ -130,13 +131,19 @@ async def _main(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run one command; exit 0 on success, 1 on failure (one line on stderr), 2 on bad usage.
 
-    ``aioqueue web ...`` is ``aioqueue-web ...``: the HTTP API and dashboard (the web extra).
+    ``aioqueue web ...`` is ``aioqueue-web ...``: the HTTP API and dashboard (the web extra);
+    ``aioqueue worker ...`` is ``aioqueue-worker ...``.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["web"]:
         from ..web.cli import main as web_main
 
         web_main(args[1:])
+        sys.exit(0)
+    if args[:1] == ["worker"]:
+        from ..cli import main as worker_main
+
+        worker_main(args[1:])
         sys.exit(0)
     a = parser().parse_args(args)
     try:
