@@ -96,8 +96,8 @@ return out
 
 
 _RETENTION = _source("_retention")
-_PLAIN = ("submit", "status", "outcomes", "dead")
-_RECEIPTED = ("claim", "heartbeat", "finish", "cancel", "requeue", "purge")
+_PLAIN = ("submit", "status", "outcomes", "dead", "overview", "job_info")
+_RECEIPTED = ("claim", "heartbeat", "finish", "cancel", "requeue", "purge", "pause", "resume")
 
 SOURCES: dict[str, str] = {name: _source(name) for name in _PLAIN}
 SOURCES["expired"] = _RETENTION + _source("expired")
@@ -121,9 +121,14 @@ class Receipt:
     ttl_ms: int
 
     @classmethod
-    def once(cls, keys: Keys) -> Receipt:
-        """A receipt for one producer call (cancel, requeue, purge)."""
-        return cls(keys.receipt(os.urandom(8).hex()), "1", PRODUCER_RECEIPT_MS)
+    def once(cls, keys: Keys, kind: str | None = None) -> Receipt:
+        """A receipt for one producer call (cancel, requeue, purge); with ``kind``, under the
+        queue's one receipt key for that kind of call (pause, resume), which ``aioqueue purge``
+        knows by name: a re-send still finds it unless another such call came in between."""
+        call = os.urandom(8).hex()
+        if kind is not None:
+            return cls(keys.receipt(kind), call, PRODUCER_RECEIPT_MS)
+        return cls(keys.receipt(call), "1", PRODUCER_RECEIPT_MS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,24 +440,20 @@ class Scripts:
 
     async def pause(self) -> bool:
         """Set the queue's pause flag, which every claim reads: workers claim nothing until
-        :meth:`resume`. One command; True if the queue was not paused already."""
-        k = self.keys
-        return bool(await call_redis(self._redis.set(k.paused, "1", nx=True), self.url))
+        :meth:`resume`. True if the queue was not paused already (a re-send answers the same)."""
+        return bool(
+            await self._run("pause", [self.keys.paused], [], Receipt.once(self.keys, "pause"))
+        )
 
     async def resume(self) -> bool:
         """Clear the pause flag and wake a worker blocked on the wake list, in one step; True if
-        the queue was paused. Idempotent: a re-send finds the flag gone and pushes nothing."""
+        the queue was paused (a re-send answers the same, and pushes nothing more)."""
         k = self.keys
-        return bool(await self._run("resume", [k.paused, k.wake], []))
+        return bool(await self._run("resume", [k.paused, k.wake], [], Receipt.once(k, "resume")))
 
     async def paused(self) -> bool:
         """Whether the queue is paused (one command)."""
         return bool(await call_redis(self._redis.exists(self.keys.paused), self.url))
-
-
-SOURCES["overview"] = _source("overview")
-SOURCES["job_info"] = _source("job_info")
-SOURCES["resume"] = _source("resume")
 
 
 @dataclass(frozen=True, slots=True)

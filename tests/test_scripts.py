@@ -292,3 +292,20 @@ async def test_resent_submit_says_created(queue: Queue, scripts: Scripts) -> Non
     assert await scripts.submit([new]) == [("j1", True)]
     assert await scripts.submit([NewJob("j2", b"env", key="k")]) == [("j1", False)]
     assert await queue.redis.zcard(queue.keys.pending) == 1
+
+
+async def test_resent_pause_and_resume_answer_as_the_first_time(
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis
+) -> None:
+    """pause and resume re-sent with their receipt report what the first call did, and a
+    re-sent resume pushes no second wake-up token."""
+    k = queue.keys
+    r = receipt(queue, "pause")
+    assert await scripts._run("pause", [k.paused], [], r) == 1
+    assert await scripts._run("pause", [k.paused], [], r) == 1
+    assert await scripts.pause() is False  # a new call: already paused
+    r = receipt(queue, "resume")
+    assert await scripts._run("resume", [k.paused, k.wake], [], r) == 1
+    assert await scripts._run("resume", [k.paused, k.wake], [], r) == 1
+    assert sync_redis.llen(k.wake) == 1
+    assert await scripts.resume() is False  # a new call: not paused

@@ -63,6 +63,7 @@ async def purge(session: Session, out: Output, name: str, yes: bool, force: bool
     k = q.keys
     deleted = await _per_job_keys(q)
     receipts = [k.receipt(f"{w}:{c}") for w in o.workers for c in _WORKER_RECEIPTS]
+    receipts += [k.receipt("pause"), k.receipt("resume")]
     # dead letters and leases may outlive their entry in the jobs hash: their results too
     orphans = [k.result(i) for i in await _ids_of(q, k.dead) + await _ids_of(q, k.leases)]
     for i in range(0, len(receipts + orphans), BATCH):
