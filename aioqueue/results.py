@@ -249,10 +249,11 @@ class Results:
     async def close(self) -> None:
         """Stop listening; waiters still waiting wait for the next listener."""
         for task in [self._task, *self._checks]:
-            if task is not None:
+            # A cancel that lands as a read's own timeout fires can be taken for that timeout
+            # and swallowed; cancel again until the task has ended.
+            while task is not None and not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait({task}, timeout=0.5)
         self._task = None
         self._live = self._polling = False
 
