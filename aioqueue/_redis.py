@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable
 from typing import Any
-from urllib.parse import urlsplit
 
 from redis import exceptions as rex
-from redis.asyncio.connection import parse_url
 
+from .connect import CLUSTER_RETRY_ON, SCHEMES, parse
 from .errors import AioqueueError, InvalidOptions, RedisOutOfMemory, RedisRefused, RedisUnavailable
 
 __all__ = (
@@ -22,8 +21,8 @@ __all__ = (
     "to_str",
 )
 
-TRANSIENT = (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError)
-SCHEMES = ("redis://", "rediss://", "unix://")
+#: A lost link, Redis loading, and on a cluster a failover or slot move under way.
+TRANSIENT: tuple[type[Exception], ...] = (*CLUSTER_RETRY_ON, OSError)
 
 
 def safe_url(url: str) -> str:
@@ -46,13 +45,13 @@ def check_url(url: str) -> str:
 
     :raises InvalidOptions: naming the URL (password hidden) and what is wrong with it.
     """
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+    if not isinstance(url, str) or not url.lower().startswith(SCHEMES):
         raise InvalidOptions(
             f"redis_url {safe_url(str(url))!r} is not a Redis URL: "
             f"use one of the schemes {', '.join(SCHEMES)}"
         )
     try:
-        parse_url(url)
+        parse(url)
     except ValueError as exc:
         raise InvalidOptions(f"redis_url {safe_url(url)!r} is invalid: {exc}") from None
     return url
@@ -61,6 +60,10 @@ def check_url(url: str) -> str:
 def as_error(exc: Exception, url: str) -> Exception:
     """aioqueue's error for a Redis client error (any other exception is returned as is)."""
     where = f"Redis at {safe_url(url)}"
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
+        return RedisUnavailable(f"{where} refused the credentials: {type(exc).__name__}: {exc}")
+    if isinstance(exc, TRANSIENT):  # CLUSTERDOWN and TRYAGAIN are error replies too
+        return RedisUnavailable(f"{where} is unavailable: {type(exc).__name__}: {exc}")
     if isinstance(exc, rex.ResponseError):
         # Redis 7 replies OOM (redis-py's OutOfMemoryError); a script on Redis 6 wraps it
         if isinstance(exc, rex.OutOfMemoryError) or "OOM command not allowed" in str(exc):
@@ -68,16 +71,12 @@ def as_error(exc: Exception, url: str) -> Exception:
                 f"{where} is out of memory (maxmemory reached): {exc}; nothing was written"
             )
         return RedisRefused(f"{where} refused a command: {exc}")
-    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
-        return RedisUnavailable(f"{where} refused the credentials: {type(exc).__name__}: {exc}")
-    if isinstance(exc, TRANSIENT):
-        return RedisUnavailable(f"{where} is unavailable: {type(exc).__name__}: {exc}")
     if isinstance(exc, rex.InvalidResponse):
         return RedisUnavailable(
             f"the server at {safe_url(url)} does not speak the Redis protocol "
             f"(is the URL's port a Redis port?): {exc}"
         )
-    if isinstance(exc, rex.RedisError):
+    if isinstance(exc, rex.RedisError | rex.RedisClusterException):
         return AioqueueError(f"{where}: {type(exc).__name__}: {exc}")
     return exc
 
@@ -89,7 +88,5 @@ async def call_redis(aw: Awaitable[Any], url: str) -> Any:
     """
     try:
         return await aw
-    except rex.RedisError as exc:
-        raise as_error(exc, url) from exc
-    except OSError as exc:
+    except (rex.RedisError, rex.RedisClusterException, OSError) as exc:
         raise as_error(exc, url) from exc

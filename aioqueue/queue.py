@@ -12,12 +12,9 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
 import msgspec
-from redis import exceptions as rex
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.asyncio import Redis
 
-from . import tracing, wire
+from . import connect, tracing, wire
 from ._redis import call_redis, check_url
 from .errors import AioqueueError, InvalidOptions, PayloadTooLarge, UnknownTask
 from .info import DeadLetter, QueueInfo
@@ -65,7 +62,10 @@ class Queue(Submits):
 
     :param name: the queue's name (letters, digits and ``_.:-``).
     :param redis_url: else ``$AIOQUEUE_REDIS_URL``, else ``redis://localhost:6379/0``; auth, TLS
-        (``rediss://``), unix sockets (``unix://``) and the db number all go in the URL.
+        (``rediss://``), unix sockets (``unix://``) and the db number all go in the URL; a Redis
+        Cluster is ``redis+cluster://host:port[,host:port...]``, a master found through Sentinel
+        ``redis+sentinel://host:port[,host:port...]/SERVICE[/DB]`` (see
+        :mod:`aioqueue.connect`).
     :param result_ttl: seconds results (and de-duplication keys of finished jobs) are kept.
     :param max_payload: largest encoded job in bytes, checked before anything is written.
     :param connect_timeout: seconds to wait for a connection to Redis.
@@ -73,7 +73,8 @@ class Queue(Submits):
         backoff) before :class:`~aioqueue.RedisUnavailable` is raised; every write is
         idempotent, so a retry never duplicates a job. (Not a task's ``retries``, which counts
         attempts of a job.)
-    :param max_connections: connections in the pool; callers beyond it wait for a free one.
+    :param max_connections: connections in the pool (on a cluster: commands in flight); callers
+        beyond it wait for a free one.
     :param dead_ttl: seconds a dead-lettered job is kept (default 7 days).
     :param max_dead: most dead-lettered jobs kept; beyond it the oldest are dropped first.
     :raises InvalidOptions: naming the setting out of range, or a URL Redis can't use.
@@ -206,22 +207,16 @@ class Queue(Submits):
         return self._scripts
 
     def _make_client(self, *, socket_timeout: float = 10.0, retries: int | None = None) -> Redis:
-        """A client of its own; ``retries``: its command retries (default :attr:`redis_retries`)."""
-        pool = BlockingConnectionPool.from_url(
+        """A client of its own (for one server, a cluster or a Sentinel-managed master, as the
+        URL says; see :mod:`aioqueue.connect`); ``retries``: its command retries (default
+        :attr:`redis_retries`)."""
+        return connect.client(
             check_url(self.redis_url),
             max_connections=self.max_connections,
-            timeout=self.connect_timeout + socket_timeout,
-            socket_connect_timeout=self.connect_timeout,
+            connect_timeout=self.connect_timeout,
             socket_timeout=socket_timeout,
-            socket_keepalive=True,
-            retry=Retry(
-                ExponentialBackoff(cap=1.0, base=0.05),
-                self.redis_retries if retries is None else retries,
-            ),
-            retry_on_error=[rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError],
-            health_check_interval=30,
+            retries=self.redis_retries if retries is None else retries,
         )
-        return Redis.from_pool(pool)
 
     async def __aenter__(self) -> Queue:
         await call_redis(self.redis.ping(), self.redis_url)

@@ -1,0 +1,112 @@
+"""Redis URLs of every kind: what they parse to, the client each makes, and the errors for bad
+ones (no server needed; the cluster and Sentinel tests of the chaos suite use real ones)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from aioqueue import InvalidOptions, Queue, connect
+from aioqueue._redis import SCHEMES, check_url
+
+
+def test_schemes_name_every_kind() -> None:
+    """The URL check lists the cluster and Sentinel schemes beside the single-server ones."""
+    assert SCHEMES == connect.SCHEMES
+    for scheme in ("redis+cluster://", "rediss+cluster://", "redis+sentinel://",
+                   "rediss+sentinel://"):  # fmt: skip
+        assert scheme in SCHEMES
+
+
+def test_single_server_urls_parse_as_before() -> None:
+    """redis://, rediss:// and unix:// stay redis-py's own format."""
+    assert connect.parse("redis://localhost:6379/2").kind == "server"
+    assert connect.parse("unix:///tmp/redis.sock").kind == "server"
+    assert check_url("rediss://:pw@host:6380/0") == "rediss://:pw@host:6380/0"
+
+
+def test_cluster_url() -> None:
+    """Nodes, credentials, TLS and query options of a cluster URL; the port defaults to 6379."""
+    t = connect.parse("rediss+cluster://me:s%40cret@a:7000,b,[::1]:7002?client_name=w1")
+    assert t.kind == "cluster" and t.tls
+    assert t.nodes == (("a", 7000), ("b", 6379), ("::1", 7002))
+    assert t.options["username"] == "me" and t.options["password"] == "s@cret"
+    assert t.options["client_name"] == "w1"
+    assert t.db == 0 and t.service is None
+    assert connect.parse("redis+cluster://a:7000/0").nodes == (("a", 7000),)
+
+
+def test_sentinel_url() -> None:
+    """Sentinels, the service, the db, the master's and the Sentinels' own credentials; the
+    port defaults to 26379."""
+    url = "redis+sentinel://:pw@s1:26379,s2/mymaster/3?sentinel_password=spw"
+    t = connect.parse(url)
+    assert t.kind == "sentinel" and not t.tls
+    assert t.nodes == (("s1", 26379), ("s2", 26379))
+    assert t.service == "mymaster" and t.db == 3
+    assert t.options["password"] == "pw"
+    assert t.sentinel == {"sentinel_password": "spw"}
+    assert "sentinel_password" not in t.options
+    assert connect.parse("rediss+sentinel://s1/m").tls
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://localhost:6379", "is not a Redis URL: use one of the schemes redis://"),
+        ("redis+cluster://", "is invalid: name at least one node as host:port, as in "
+                             "redis+cluster://host1:6379,host2:6379"),
+        ("redis+cluster://a:7000,,b:7001", "is invalid: the list of hosts has an empty entry"),
+        ("redis+cluster://a:70000", "is invalid: 'a:70000' has no valid port (1-65535)"),
+        ("redis+cluster://a:x", "is invalid: 'a:x' has no valid port"),
+        ("redis+cluster://:7000", "is invalid: ':7000' has no host"),
+        ("redis+cluster://::1:7000", "write an IPv6 address in brackets, as in [::1]:6379"),
+        ("redis+cluster://[::1:7000", "is not [address]:port"),
+        ("redis+cluster://a:7000/1", "is invalid: a cluster has only db 0: name no db"),
+        ("redis+cluster://a:7000?db=2", "a cluster has only db 0"),
+        ("redis+cluster://a:7000?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+        ("redis+sentinel://s1:26379", "is invalid: name the Sentinel service after the hosts, "
+                                      "as in redis+sentinel://host1:26379,host2:26379/mymaster"),
+        ("redis+sentinel://s1:26379/", "name the Sentinel service after the hosts"),
+        ("redis+sentinel:///mymaster", "name at least one Sentinel as host:port"),
+        ("redis+sentinel://s1/m/x", "only a db number may follow the service name, got '/m/x'"),
+        ("redis+sentinel://s1/m/1/2", "only a db number may follow the service name"),
+    ],
+)  # fmt: skip
+def test_malformed_urls_say_what_is_wrong(url: str, message: str) -> None:
+    """A malformed URL raises InvalidOptions naming it and the fault, before any connection."""
+    with pytest.raises(InvalidOptions) as info:
+        Queue("q", redis_url=url)
+    assert message in str(info.value)
+    assert f"redis_url {url!r}" in str(info.value)
+
+
+def test_password_is_hidden_in_errors() -> None:
+    """The URL an error names never shows the password."""
+    with pytest.raises(InvalidOptions) as info:
+        check_url("redis+sentinel://user:hunter2@s1:26379")
+    assert "hunter2" not in str(info.value) and "user:***@" in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_each_kind_makes_its_client() -> None:
+    """A cluster URL makes a RedisCluster bounded by max_connections, a Sentinel URL a client
+    of the service's master; neither connects before its first command."""
+    made = []
+    for url in ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "redis+sentinel://s1/m/2"):
+        q = Queue("q", redis_url=url, max_connections=7)
+        made.append(q._make_client(socket_timeout=3.0, retries=0))
+    cluster, sentinel = made
+    try:
+        assert isinstance(cluster, RedisCluster)
+        assert [n.name for n in cluster.startup_nodes] == ["127.0.0.1:7000", "127.0.0.1:7001"]
+        assert all(n.max_connections >= 7 for n in cluster.startup_nodes)
+        assert isinstance(sentinel, Redis)
+        pool = sentinel.connection_pool
+        assert pool.service_name == "m"
+        assert pool.max_connections == 7
+        assert pool.connection_kwargs["db"] == 2
+    finally:
+        for c in made:
+            await c.aclose()
