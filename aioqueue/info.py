@@ -17,6 +17,8 @@ class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
     :ivar gone_workers: ids of workers whose heartbeat lapsed (killed, cut off, or stopped
         without saying goodbye), until a live worker clears them a minute later.
     :ivar paused: True while the queue is paused (:meth:`Queue.pause`): workers claim nothing.
+    :ivar last_minute: attempts ``completed`` and ``failed`` (retried or dead-lettered) in the
+        last whole minute, by Redis's clock.
     """
 
     pending: int
@@ -28,6 +30,7 @@ class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
     live_workers: list[str] = []
     gone_workers: list[str] = []
     paused: bool = False
+    last_minute: dict[str, int] = {}
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

@@ -29,7 +29,8 @@ class Keys:
 
     __slots__ = (
         "prefix", "jobs", "pending", "scheduled", "priority", "attempts", "tokens",
-        "leases", "dead", "errors", "wake", "workers", "stats", "done_channel", "paused",
+        "leases", "dead", "errors", "wake", "workers", "worker_info", "stats", "done_channel",
+        "paused",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -46,6 +47,7 @@ class Keys:
         self.errors = p + "errors"
         self.wake = p + "wake"
         self.workers = p + "workers"
+        self.worker_info = p + "worker_info"  # worker id -> "processes in_flight started_ms"
         self.stats = p + "stats"
         self.done_channel = p + "done"
         self.paused = p + "paused"  # exists while the queue is paused: workers claim nothing

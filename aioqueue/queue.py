@@ -427,6 +427,7 @@ class Queue(Submits):
             gone_workers=r.gone_workers,
             counters=r.counters,
             paused=r.paused,
+            last_minute=r.last_minute or {},
         )
 
     # -- dead letters ----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from redis.commands.core import AsyncScript
 
 from ._redis import call_redis, to_str
 from .keys import Keys
+from .views import JobRow, Overview, WorkerAbout, last_minute
 
 __all__ = (
     "ClaimReply",
@@ -96,14 +97,15 @@ return out
 
 
 _RETENTION = _source("_retention")
+_MINUTE = _source("_minute")
 _PLAIN = ("submit", "status", "outcomes", "dead", "overview", "job_info")
 _RECEIPTED = ("claim", "heartbeat", "finish", "cancel", "requeue", "purge", "pause", "resume")
 
 SOURCES: dict[str, str] = {name: _source(name) for name in _PLAIN}
 SOURCES["expired"] = _RETENTION + _source("expired")
 SOURCES.update({name: _with_receipt(_source(name)) for name in _RECEIPTED})
-SOURCES["finish"] = _with_receipt(_RETENTION + _source("finish"))
-SOURCES["finish_claim"] = _with_receipt(_RETENTION + _compose("finish", "claim"))
+SOURCES["finish"] = _with_receipt(_RETENTION + _MINUTE + _source("finish"))
+SOURCES["finish_claim"] = _with_receipt(_RETENTION + _MINUTE + _compose("finish", "claim"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,7 @@ class InfoReply:
     gone_workers: list[str]
     counters: dict[str, int]
     paused: bool = False
+    last_minute: dict[str, int] | None = None
 
 
 def _leased(rows: list[Any], width: int) -> list[LeasedJob]:
@@ -292,8 +295,9 @@ class Scripts:
         live = [w for w, deadline in o.workers.items() if deadline >= o.now_ms]
         gone = [w for w, deadline in o.workers.items() if deadline < o.now_ms]
         return InfoReply(
-            o.pending, o.scheduled, o.running, o.dead, live, gone, o.counters, o.paused
-        )
+            o.pending, o.scheduled, o.running, o.dead, live, gone, o.counters, o.paused,
+            o.last_minute,
+        )  # fmt: skip
 
     async def dead_letters(self, limit: int) -> list[DeadRow]:
         """The oldest ``limit`` dead letters, read in one step."""
@@ -373,14 +377,22 @@ class Scripts:
         return [int(r) for r in await self._run("finish", keys, args, receipt)]
 
     async def heartbeat(
-        self, worker: str, lease_ms: int, held: Sequence[tuple[str, str]], receipt: Receipt
+        self,
+        worker: str,
+        lease_ms: int,
+        held: Sequence[tuple[str, str]],
+        receipt: Receipt,
+        about: WorkerAbout | None = None,
     ) -> list[str]:
-        """Extend the leases of ``held`` (id, token) pairs; the ids no longer held."""
+        """Extend the leases of ``held`` (id, token) pairs and say what the worker is (``about``,
+        for ``aioqueue info``); the ids no longer held."""
         k = self.keys
-        args: list[Any] = [worker, lease_ms]
+        about = about or WorkerAbout(0, len(held), 0)
+        args: list[Any] = [worker, lease_ms, about.encode()]
         for pair in held:
             args += pair
-        lost = await self._run("heartbeat", [k.leases, k.tokens, k.workers], args, receipt)
+        keys = [k.leases, k.tokens, k.workers, k.worker_info]
+        lost = await self._run("heartbeat", keys, args, receipt)
         return [to_str(i) for i in lost]
 
     async def expired(self, limit: int, dead: tuple[int, int]) -> list[LeasedJob]:
@@ -396,10 +408,11 @@ class Scripts:
         each priority level (at most ``max_levels``), the leases past due and the pause flag,
         in one step."""
         k = self.keys
-        keys = [k.pending, k.scheduled, k.leases, k.dead, k.workers, k.stats, k.paused]
-        now, p, s, r, d, workers, stats, heads, more, past, first, paused = await self._run(
-            "overview", keys, [max_levels]
-        )
+        keys = [k.pending, k.scheduled, k.leases, k.dead, k.workers, k.stats, k.paused,
+                k.worker_info]  # fmt: skip
+        reply = await self._run("overview", keys, [max_levels])
+        now, p, s, r, d, workers, stats, heads, more, past, first, paused, about = reply
+        fields = {to_str(stats[i]): int(stats[i + 1]) for i in range(0, len(stats), 2)}
         return Overview(
             now_ms=int(now),
             pending=int(p),
@@ -407,7 +420,12 @@ class Scripts:
             running=int(r),
             dead=int(d),
             workers={to_str(workers[i]): float(workers[i + 1]) for i in range(0, len(workers), 2)},
-            counters={to_str(stats[i]): int(stats[i + 1]) for i in range(0, len(stats), 2)},
+            counters={f: v for f, v in fields.items() if ":" not in f},
+            last_minute=last_minute(fields, int(now)),
+            this_minute=last_minute(fields, int(now), ago=0),
+            about={
+                to_str(about[i]): WorkerAbout.decode(about[i + 1]) for i in range(0, len(about), 2)
+            },
             level_heads=[to_str(h) for h in heads],
             more_levels=bool(more),
             leases_past_due=int(past),
@@ -454,39 +472,3 @@ class Scripts:
     async def paused(self) -> bool:
         """Whether the queue is paused (one command)."""
         return bool(await call_redis(self._redis.exists(self.keys.paused), self.url))
-
-
-@dataclass(frozen=True, slots=True)
-class Overview:
-    """A queue as ``aioqueue info`` shows it: counts, workers by heartbeat deadline (ms),
-    counters, each priority level's first pending id, the leases past due, and whether the
-    queue is paused."""
-
-    now_ms: int
-    pending: int
-    scheduled: int
-    running: int
-    dead: int
-    workers: dict[str, float]
-    counters: dict[str, int]
-    level_heads: list[str]
-    more_levels: bool
-    leases_past_due: int
-    earliest_lease_ms: float | None
-    paused: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class JobRow:
-    """One job as stored: its state, envelope, attempts, lease, times (ms), errors, outcome."""
-
-    now_ms: int
-    state: str
-    data: bytes | None
-    attempts: int
-    token: str | None
-    lease_ms: float | None
-    run_at_ms: float | None
-    dead_at_ms: float | None
-    errors: bytes | None
-    outcome: bytes | None

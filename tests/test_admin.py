@@ -22,6 +22,7 @@ from aioqueue import Queue, wire
 from aioqueue.admin.cli import main as admin_main
 from aioqueue.job import new_job_id
 from aioqueue.keys import REGISTRY, Keys
+from aioqueue.views import last_minute
 from tests import tasks
 from tests._async import eventually
 from tests.conftest import ROOT, StartWorker
@@ -139,6 +140,15 @@ async def test_worker_jobs_and_dead_letters_through_the_command(
 
     held = await eventually(running, 10, "running job")
     assert held["holder"] == w["id"] and held["lease_deadline"] is not None  # type: ignore[index]
+
+    async def holding() -> Any:  # the worker says at its next heartbeat what it holds
+        [q] = (await aq(redis_url, "info", "tests", "--json")).json["queues"]
+        return q["workers"][0] if q["workers"][0]["in_flight"] == 1 else None
+
+    w = await eventually(holding, 10, "the worker's jobs in flight")
+    assert w["processes"] == 1 and w["started"] <= time.time()  # type: ignore[index]
+    text = (await aq(redis_url, "info", "tests")).out
+    assert "in flight" in text and "last minute" in text
     r = await aq(redis_url, "cancel", slow.id)
     assert "not cancelled: it is running" in one_line(r)
 
@@ -152,6 +162,15 @@ async def test_worker_jobs_and_dead_letters_through_the_command(
         await bad.result(timeout=20)
     [row] = (await aq(redis_url, "dlq", "list", "--json")).json["dead_letters"]
     assert row["id"] == bad.id and row["last_error"]["type"] == "ValueError"
+    stats = {k.decode(): int(v) for k, v in sync_redis.hgetall(queue.keys.stats).items()}
+    now_ms = int(sync_redis.time()[0]) * 1000
+    slot = (now_ms // 60000) % 2
+    if stats[f"minute:{slot}"] == now_ms // 60000:  # else the minute turned after the finish
+        assert stats[f"completed:{slot}"] >= 1 and stats[f"failed:{slot}"] == 1
+        counts = {"completed": stats[f"completed:{slot}"], "failed": 1}
+        assert last_minute(stats, now_ms + 60000) == counts == last_minute(stats, now_ms, 0)
+        assert last_minute(stats, now_ms + 120000) == {"completed": 0, "failed": 0}
+    assert "minute:0" not in (await queue.info()).counters
     [shown] = (await aq(redis_url, "dlq", "show", "--id", bad.id, "--json")).json["dead_letters"]
     assert shown["state"] == "dead" and "ValueError: nope" in shown["errors"][0]["traceback"]
 

@@ -257,7 +257,7 @@ async def test_dead_letters_are_kept_within_their_count_and_age(
 
 
 async def test_dead_letters_and_info_are_one_round_trip_each(
-    queue: Queue, scripts: Scripts
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis
 ) -> None:
     """dead_letters and info each read everything they show in one script call."""
     job = await queue.submit(tasks.noop)
@@ -275,6 +275,13 @@ async def test_dead_letters_and_info_are_one_round_trip_each(
     # "gone" heartbeated with a 1 ms deadline: gone as soon as Redis's clock passes it
     info = await eventually(lambda: _gone(scripts), 5, "the 1 ms heartbeat to lapse")
     assert info.live_workers == ["live"] and info.gone_workers == ["gone"]  # type: ignore[attr-defined]
+    # a minute past its deadline, the next heartbeat of anyone forgets it and what it said
+    k = queue.keys
+    assert sync_redis.hexists(k.worker_info, "gone")
+    sync_redis.zadd(k.workers, {"gone": 1})
+    await scripts.heartbeat("live", 60_000, [], receipt(queue, "b3"))
+    assert sync_redis.zrange(k.workers, 0, -1) == [b"live"]
+    assert sync_redis.hkeys(k.worker_info) == [b"live"]
 
 
 async def _gone(scripts: Scripts) -> InfoReply | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.live import Live
 
-from ..scripts import Overview
+from ..views import Overview
 from .decode import age, id_time, iso, relative, worker_host_pid
 from .render import Block, Fields, Output, Table, renderable
 from .session import Session
@@ -34,8 +34,12 @@ async def queue_info(session: Session, name: str) -> dict[str, Any]:
     workers = []
     for wid, deadline_ms in sorted(o.workers.items()):
         host, pid = worker_host_pid(wid)
+        about = o.about.get(wid)
         workers.append({
             "id": wid, "host": host, "pid": pid, "live": deadline_ms >= o.now_ms,
+            "processes": about.processes if about else None,
+            "in_flight": about.in_flight if about else None,
+            "started": about.started_ms / 1000 if about and about.started_ms else None,
             "heartbeat_deadline": deadline_ms / 1000,
             "heartbeat_deadline_in_s": round((deadline_ms - o.now_ms) / 1000, 3),
         })  # fmt: skip
@@ -56,10 +60,20 @@ async def queue_info(session: Session, name: str) -> dict[str, Any]:
         },
         "leases_past_due": o.leases_past_due,
         "counters": dict(sorted(o.counters.items())),
+        "last_minute": o.last_minute,
+        "this_minute": o.this_minute,
         "workers": [w for w in workers if w["live"]],
         "gone_workers": [w for w in workers if not w["live"]],
         "redis_time": now,
     }
+
+
+def _minute(m: dict[str, int]) -> str:
+    return f"{m['completed']:,} completed, {m['failed']:,} failed"
+
+
+def _count(n: int | None) -> str:
+    return "?" if n is None else f"{n:,}"
 
 
 def _blocks(queues: list[dict[str, Any]]) -> list[Block]:
@@ -79,16 +93,19 @@ def _blocks(queues: list[dict[str, Any]]) -> list[Block]:
             ("dead", f"{d['dead']:,}"),
             ("oldest pending", when),
             ("leases past due", f"{d['leases_past_due']:,}"),
+            ("last minute", _minute(d["last_minute"])),
+            ("this minute", _minute(d["this_minute"]) + " so far"),
             ("counters", ", ".join(f"{k} {v:,}" for k, v in d["counters"].items()) or "-"),
         ]
         blocks.append(Fields(f"queue {d['queue']}", pairs))
         rows = [
-            [w["id"], w["host"], str(w["pid"] or "?"),
-             "live" if w["live"] else "gone",
+            [w["id"], w["host"], str(w["pid"] or "?"), _count(w["processes"]),
+             _count(w["in_flight"]), "live" if w["live"] else "gone",
              f"{iso(w['heartbeat_deadline'])} ({relative(w['heartbeat_deadline_in_s'])})"]
             for w in d["workers"] + d["gone_workers"]
         ]  # fmt: skip
-        blocks.append(Table("workers", ["id", "host", "pid", "state", "heartbeat deadline"], rows))
+        heads = ["id", "host", "pid", "processes", "in flight", "state", "heartbeat deadline"]
+        blocks.append(Table("workers", heads, rows))
     return blocks
 
 

@@ -11,7 +11,7 @@ import msgspec
 from .. import wire
 from ..errors import AioqueueError
 from ..job import status_of
-from ..scripts import JobRow
+from ..views import JobRow
 from .decode import id_time, iso, msgpack_json, relative
 from .render import Block, Fields, Note, Output, Table
 from .session import CommandError, Session

@@ -71,7 +71,7 @@ async def purge(session: Session, out: Output, name: str, yes: bool, force: bool
             q.redis.unlink(*(receipts + orphans)[i : i + BATCH]), q.redis_url
         )
     fixed = [k.jobs, k.pending, k.scheduled, k.priority, k.attempts, k.tokens, k.leases,
-             k.dead, k.errors, k.wake, k.workers, k.stats, k.paused]  # fmt: skip
+             k.dead, k.errors, k.wake, k.workers, k.worker_info, k.stats, k.paused]  # fmt: skip
     deleted += await call_redis(q.redis.unlink(*fixed), q.redis_url)
     await call_redis(q.redis.srem(REGISTRY, name), q.redis_url)
     data: dict[str, Any] = {"queue": name, "jobs": jobs, "keys_deleted": deleted}

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
+from .. import connect
 from .._redis import call_redis, check_url, safe_url, to_str
 from ..errors import AioqueueError
 from ..keys import REGISTRY
 from ..queue import DEFAULT_URL, Queue
-from ..scripts import JobRow
+from ..views import JobRow
 
 __all__ = ("CommandError", "Session")
 
@@ -32,8 +33,8 @@ class Session:
     def redis(self) -> Redis:
         """A client of its own, for commands outside any queue (the registry, doctor)."""
         if self._redis is None:
-            self._redis = Redis.from_url(
-                self.url, socket_connect_timeout=2.0, socket_timeout=10.0, retry_on_timeout=False
+            self._redis = connect.client(
+                self.url, max_connections=10, connect_timeout=2.0, socket_timeout=10.0, retries=1
             )
         return self._redis
 

@@ -22,6 +22,7 @@ local out = {}
 local done = {}
 local woke = false
 local died = false
+local completed, failed = 0, 0
 local H = 3
 local n = (#ARGV - H) / 9
 for i = 0, n - 1 do
@@ -64,6 +65,7 @@ for i = 0, n - 1 do
       redis.call('HDEL', KEYS[5], id)
       redis.call('HDEL', KEYS[9], id)
       redis.call('HINCRBY', KEYS[11], 'completed', 1)
+      completed = completed + 1
       done[#done + 1] = id
     elseif kind == 'release' then
       redis.call('HINCRBY', KEYS[2], id, -1)
@@ -72,6 +74,7 @@ for i = 0, n - 1 do
       redis.call('HINCRBY', KEYS[11], 'released', 1)
       woke = true
     else
+      failed = failed + 1
       local err = ARGV[b + 5]
       local prev = redis.call('HGET', KEYS[9], id) or ''
       redis.call('HSET', KEYS[9], id, prev .. struct.pack('>I4', #err) .. err)
@@ -99,6 +102,7 @@ for i = 0, n - 1 do
     out[#out + 1] = 1
   end
 end
+count_minute(KEYS[11], now, completed, failed)
 if died then
   trim_dead(KEYS[8], KEYS[1], KEYS[2], KEYS[9], KEYS[5], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 end

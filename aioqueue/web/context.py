@@ -8,8 +8,8 @@ from ..admin.session import CommandError, Session
 from ..errors import AioqueueError
 from ..keys import validate_queue_name
 from ..queue import Queue
-from ..scripts import JobRow
 from ..task import TaskDef
+from ..views import JobRow
 
 __all__ = ("Context", "HttpError", "Settings")
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..scripts import FinishItem, Receipt
+from ..views import WorkerAbout
 from ._state import Held, envelope_of
 from .logs import job_fields
 
@@ -39,7 +40,8 @@ async def heartbeat_loop(w: Worker) -> None:
         first = False
         pairs = [(h.id, h.token) for h in w.held.values()]
         try:
-            lost = await w.scripts.heartbeat(w.id, w.lease_ms, pairs, w.beat_channel.next())
+            about = WorkerAbout(w.settings.processes, len(pairs), w.started_ms)
+            lost = await w.scripts.heartbeat(w.id, w.lease_ms, pairs, w.beat_channel.next(), about)
         except Exception as exc:
             w.beat_error = f"{type(exc).__name__}: {exc}"
             w.outage.failed("heartbeat", exc)

@@ -57,6 +57,7 @@ class Worker:
         self.settings = s = settings or WorkerSettings()
         s.validate()
         self.id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.started_ms = int(time.time() * 1000)
         self.keys = k = queue.keys
         self.lease_ms = int(s.lease * 1000)
         self.dead = (int(queue.dead_ttl * 1000), queue.max_dead)
@@ -219,7 +220,10 @@ class Worker:
             await self.pool.close(kill=True)
         try:
             with anyio.move_on_after(2.0):
-                await self.redis.zrem(self.keys.workers, self.id)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zrem(self.keys.workers, self.id)
+                    pipe.hdel(self.keys.worker_info, self.id)
+                    await pipe.execute()
         except Exception:  # best effort on the way out
             pass
 

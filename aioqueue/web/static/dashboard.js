@@ -48,7 +48,7 @@ function renderWorkers(d) {
   $("workers-of").textContent = d ? `(${d.queue})` : "";
   const ws = d ? [...d.workers, ...d.gone_workers] : [];
   $("workers").replaceChildren(...ws.map((w) => el("tr", null,
-    td(w.id), td(w.host), td(w.pid ?? "?"), td(w.live ? "live" : "gone", w.live ? "live" : "gone"),
+    td(w.id), td(w.host), td(w.pid ?? "?"), td(w.processes ?? "?"), td(w.live ? "live" : "gone", w.live ? "live" : "gone"),
     td(w.jobs.length ? w.jobs.join(" ") : "idle"), td(`${when(w.heartbeat_deadline)} (${w.heartbeat_deadline_in_s >= 0 ? "in " + age(w.heartbeat_deadline_in_s) : age(-w.heartbeat_deadline_in_s) + " ago"})`))));
 }
 
