@@ -235,6 +235,7 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ("GET", "/api/jobs/0123", None, 404, "not found"),
     ("POST", "/dispatch", {"num_messages": 0}, 400, "num_messages must be an int"),
     ("POST", "/dispatch", {"num_messages": 2, "fail_rate": 2}, 400, "fail_rate must be"),
+    ("POST", "/dispatch", {"num_messages": 100, "delay": 1}, 400, "hold the request open 99 s"),
     ("POST", "/api/queues/tests/dead/retry", {}, 400, "select the dead letters"),
     ("POST", "/api/queues/tests/dead/purge", {"ids": "x"}, 400, "ids must be"),
     ("GET", "/api/queues/tests/dead?limit=0", None, 400, "limit must be"),

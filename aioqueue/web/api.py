@@ -19,6 +19,7 @@ __all__ = ("cancel", "dispatch", "job", "pause", "queue", "queues", "resume", "s
 
 MAX_MESSAGES = 10_000
 MAX_DELAY = 10.0  # seconds between two dispatched submits
+MAX_PACE_S = 60.0  # the longest a paced dispatch may hold its request open
 SUBMIT_FIELDS = ("task", "args", "kwargs", "delay", "priority", "key", "retries", "timeout")
 DISPATCH_FIELDS = ("num_messages", "delay", "work_ms", "fail_rate", "queue")
 
@@ -106,6 +107,12 @@ async def dispatch(request: Request) -> JSONResponse:
     if type(count) is not int or not 1 <= count <= MAX_MESSAGES:
         raise HttpError(400, f"num_messages must be an int from 1 to {MAX_MESSAGES}, got {count!r}")
     delay = number(body, "delay", 0.0, 0.0, MAX_DELAY)
+    if (count - 1) * delay > MAX_PACE_S:
+        raise HttpError(
+            400,
+            f"num_messages {count} at delay {delay:g} s would hold the request open "
+            f"{(count - 1) * delay:g} s; keep (num_messages - 1) * delay within {MAX_PACE_S:g} s",
+        )
     work_ms = number(body, "work_ms", 10.0, 0.0, 60_000.0)
     fail_rate = number(body, "fail_rate", 0.0, 0.0, 1.0)
     names = await ctx.names()

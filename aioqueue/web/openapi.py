@@ -57,7 +57,8 @@ _SCHEMAS: dict[str, Any] = {
         "task": {"type": "string"}}},
     "Dispatch": {"type": "object", "required": ["num_messages"], "properties": {
         "num_messages": {"type": "integer", "minimum": 1, "maximum": 10000},
-        "delay": {"type": "number", "minimum": 0, "maximum": 10},
+        "delay": {"type": "number", "minimum": 0, "maximum": 10,
+                  "description": "seconds between submits; (num_messages - 1) * delay <= 60"},
         "work_ms": {"type": "number"}, "fail_rate": {"type": "number", "minimum": 0, "maximum": 1},
         "queue": {"type": "string"}}},
     "Dispatched": {"type": "object", "properties": {
