@@ -16,6 +16,10 @@ and it reports wall time, jobs/s, speedup over the baseline (the 1-process run),
 submit-to-result latency. It prints a table, saves a PNG of speedup against processes with the
 ideal line, and with ``--json`` one row per run plus a description of the machine.
 
+With ``--hosts`` each supervisor runs on a host of its own, a network namespace linked to Redis
+by veth and a bridge (``_netns.py``; root only), optionally with ``--delay-ms`` of ``tc netem``
+delay each way: the network of several hosts, on one machine.
+
 Run ``python benchmarks/scaling.py --help`` for the options.
 """
 
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
+import _netns
 import bench_tasks
 from _common import Calibration, CpuMeter, RedisTarget
 
@@ -114,16 +119,18 @@ async def run_one(
     timeout: float,
     progress: bool,
     log_dir: Path,
+    hosts: _netns.Hosts | None = None,
 ) -> Measured:
-    """One run: start the workers, wait until registered, then time ``jobs`` jobs."""
+    """One run: start the workers (each on a host of ``hosts`` if given), wait until
+    registered, then time ``jobs`` jobs."""
     children = _common.split(processes, workers)
     deadline = time.monotonic() + timeout
     async with bench_tasks.fresh_queue(redis, "scaling") as queue:
         with contextlib.ExitStack() as stack:
-            procs = [
-                stack.enter_context(bench_tasks.worker(queue, n, log_dir / f"worker-{n}-{i}.log"))
-                for i, n in enumerate(children)
-            ]
+            procs = []
+            for i, n in enumerate(children):
+                w = bench_tasks.worker(queue, n, log_dir / f"worker-{n}-{i}.log")
+                procs.append(stack.enter_context(hosts.place(w, i) if hosts else w))
 
             def check() -> None:
                 for w in procs:
@@ -390,6 +397,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="bound on each run, worker start-up included (default 300 s, 30 s with --quick)",
     )
+    p.add_argument(
+        "--hosts",
+        action="store_true",
+        help="run each supervisor on a host of its own: a network namespace linked to a private "
+        "Redis by veth and a bridge (Linux, root)",
+    )
+    p.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="with --hosts: tc netem delay on each host's link, each way (default 0; needs a "
+        "kernel with netem)",
+    )
     p.add_argument("--out", type=Path, default=None, help=_common.out_help("scaling"))
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument(
@@ -420,6 +440,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--job-ms, --seconds and --timeout must be > 0")
     if args.jobs is not None and args.jobs < 1:
         p.error("--jobs must be >= 1")
+    if args.delay_ms < 0 or (args.delay_ms and not args.hosts):
+        p.error("--delay-ms must be >= 0, and goes with --hosts")
+    if args.hosts and args.redis_url:
+        p.error("--hosts starts a private Redis the hosts can reach: drop --redis-url")
     return args
 
 
@@ -453,14 +477,26 @@ def measure(args: argparse.Namespace) -> int:
     time.sleep(max(load.started_at + (0.1 if args.quick else 1.0) - time.perf_counter(), 0))
     before = load.stop()
 
-    with (
-        _common.redis_url_or_private(args.redis_url) as redis,
-        tempfile.TemporaryDirectory(prefix="aioq-scaling-") as tmp,
-    ):
+    with contextlib.ExitStack() as stack:
+        hosts = None
+        if args.hosts:
+            try:
+                hosts = stack.enter_context(_netns.hosts(args.workers, args.delay_ms))
+            except RuntimeError as exc:
+                print(f"scaling.py: {exc}", file=sys.stderr)
+                return 2
+        redis = stack.enter_context(
+            _netns.private_redis(hosts) if hosts else _common.redis_url_or_private(args.redis_url)
+        )
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="aioq-scaling-"))
         load.start()
         machine = _common.machine_info(redis.url)
         print(f"machine: {_common.describe_machine(machine)}")
         print(f"redis: {'private redis-server' if redis.private else redis.url}")
+        if hosts:
+            rtt = hosts.rtt_ms(redis.url)
+            machine["hosts"] = {"workers": args.workers, "delay_ms": args.delay_ms, "rtt_ms": rtt}
+            print(hosts.describe(rtt))
         print(
             "timed: from the moment every worker is registered (children started, tasks "
             "imported) until the last result is back; worker start-up and shutdown are not timed"
@@ -472,7 +508,7 @@ def measure(args: argparse.Namespace) -> int:
             window = args.window if args.window is not None else max(4 * n, 8)
             measured: Measured = _common.run_async(
                 run_one(redis, n, args.workers, jobs, window, cal, args.timeout,
-                        not args.no_progress, Path(tmp))
+                        not args.no_progress, Path(tmp), hosts)
             )  # fmt: skip
             bare_rate = bare(n, jobs, cal, args.timeout) if not args.no_bare else float("nan")
             run = summarize(n, args.workers, jobs, window, measured, bare_rate, cal, baseline)

@@ -4,11 +4,13 @@ host is cut while it runs jobs, as a pulled cable or a failed switch port would.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -178,3 +180,33 @@ def _completed_on(results: dict[str, wire.Outcome], a: list[int], b: list[int]) 
             where = "a" if pid in a else "b" if pid in b else "other"
             out[where] = out.get(where, 0) + 1
     return out
+
+
+def test_scaling_benchmark_on_hosts(tmp_path: Path) -> None:
+    """``benchmarks/scaling.py --hosts`` runs each supervisor on a host of its own, reports the
+    link's round trip, leaves no namespace behind, and refuses a delay the kernel can't make
+    with a one-line reason."""
+    if (reason := unavailable()) is not None:
+        pytest.skip(f"no network namespaces here: {reason}")
+    script = REPO / "benchmarks" / "scaling.py"
+    argv = [sys.executable, str(script), "--quick", "--no-progress", "--no-plot", "--no-bare",
+            "--out", str(tmp_path), "--hosts", "--workers", "2", "--processes", "2"]  # fmt: skip
+    before = _namespaces()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=scaled(120))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hosts: 2 network namespace(s)" in done.stdout
+    data = json.loads((tmp_path / "scaling.json").read_text())
+    assert data["machine"]["hosts"]["rtt_ms"] > 0
+    [run] = data["runs"]
+    assert (run["processes"], run["workers"]) == (2, 2)
+    assert _namespaces() <= before
+    delayed = subprocess.run([*argv, "--delay-ms", "0.5"], capture_output=True, text=True,
+                             timeout=scaled(120))  # fmt: skip
+    if delayed.returncode != 0:  # a kernel without netem
+        assert delayed.returncode == 2 and "needs tc netem" in delayed.stderr, delayed.stderr
+        assert "Traceback" not in delayed.stderr
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
