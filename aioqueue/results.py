@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -104,10 +105,7 @@ class Results:
             if i in self._waiters:
                 self._to_check.add(i)
             elif finished:
-                self._recent[i] = None
-                if len(self._recent) > RECENT_FINISHED:
-                    self._recent.clear()
-                    self._epoch += 1  # forgotten finishes: jobs submitted before must check
+                self._remember(i)
         if not before and self._to_check:
             asyncio.get_running_loop().call_soon(self._start_check)
 
@@ -219,7 +217,40 @@ class Results:
                 continue
             idle = 0.0
             if msg.get("type") == "message":
-                self._check(_str(msg["data"]).split(), finished=True)
+                self._finished(msg["data"])
+
+    def _finished(self, data: bytes | str) -> None:
+        """A finish announcement: outcomes that travel in it go to their waiters at once; the
+        other ids are read in one round trip (with any others of this turn of the loop)."""
+        try:
+            jobs = parse_announcement(data)
+        except ValueError as exc:
+            logger.warning(
+                "ignored a malformed message on %s: %s", self._queue.keys.done_channel, exc
+            )
+            return
+        unread = []
+        for job_id, outcome in jobs:
+            if outcome is None:
+                unread.append(job_id)
+                continue
+            futs = self._waiters.get(job_id)
+            if futs is None:
+                self._remember(job_id)
+                continue
+            self._first.discard(job_id)
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(outcome)
+        if unread:
+            self._check(unread, finished=True)
+
+    def _remember(self, job_id: str) -> None:
+        """A finished job nobody waits for yet: a wait that comes later reads it."""
+        self._recent[job_id] = None
+        if len(self._recent) > RECENT_FINISHED:
+            self._recent.clear()
+            self._epoch += 1  # forgotten finishes: jobs submitted before must check
 
     def _warn_refused(self, exc: Exception) -> None:
         if self._warned:
@@ -256,6 +287,32 @@ class Results:
                 await asyncio.wait({task}, timeout=0.5)
         self._task = None
         self._live = self._polling = False
+
+
+def parse_announcement(data: bytes | str) -> list[tuple[str, bytes | None]]:
+    """The jobs of a finish announcement (lua/_announce.lua): per job its id and its outcome's
+    bytes, or None when the outcome was too large to travel (read it by id). A message of ids
+    separated by spaces, as earlier versions sent, gives ids with None.
+
+    :raises ValueError: the message is cut short.
+    """
+    if isinstance(data, str) or not data.startswith(b"\x01"):
+        return [(i, None) for i in _str(data).split()]
+    out: list[tuple[str, bytes | None]] = []
+    i, n = 1, len(data)
+    while i < n:
+        k = data[i]
+        job_id = data[i + 1 : i + 1 + k].decode()
+        i += 1 + k
+        if i + 4 > n:
+            raise ValueError(f"announcement cut short after job {job_id!r}")
+        (m,) = struct.unpack_from(">I", data, i)
+        i += 4
+        if i + m > n:
+            raise ValueError(f"announcement cut short in job {job_id!r}'s outcome")
+        out.append((job_id, bytes(data[i : i + m]) if m else None))
+        i += m
+    return out
 
 
 def _retryable(exc: Exception) -> bool:

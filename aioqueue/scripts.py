@@ -98,14 +98,17 @@ return out
 
 _RETENTION = _source("_retention")
 _MINUTE = _source("_minute")
+_ANNOUNCE = _source("_announce")
 _PLAIN = ("submit", "status", "outcomes", "dead", "overview", "job_info")
 _RECEIPTED = ("claim", "heartbeat", "finish", "cancel", "requeue", "purge", "pause", "resume")
 
 SOURCES: dict[str, str] = {name: _source(name) for name in _PLAIN}
 SOURCES["expired"] = _RETENTION + _source("expired")
 SOURCES.update({name: _with_receipt(_source(name)) for name in _RECEIPTED})
-SOURCES["finish"] = _with_receipt(_RETENTION + _MINUTE + _source("finish"))
-SOURCES["finish_claim"] = _with_receipt(_RETENTION + _MINUTE + _compose("finish", "claim"))
+_FINISH = _RETENTION + _MINUTE + _ANNOUNCE
+SOURCES["finish"] = _with_receipt(_FINISH + _source("finish"))
+SOURCES["finish_claim"] = _with_receipt(_FINISH + _compose("finish", "claim"))
+SOURCES["cancel"] = _with_receipt(_ANNOUNCE + _source("cancel"))
 
 
 @dataclass(frozen=True, slots=True)

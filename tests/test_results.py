@@ -254,3 +254,44 @@ async def test_any_listener_error_reaches_the_waiters(
     await eventually(lambda: queue._results.mode == "subscribed", what="new subscription")
     await finish(ar, queue, {"a": 1})
     assert await wait == 1
+
+
+async def _run_through_scripts(q: Queue, value: Any) -> aioqueue.Job[Any]:
+    """Submit, claim and finish one job with the real scripts (as a worker would)."""
+    from aioqueue.scripts import FinishItem, Receipt
+
+    job = await q.submit("t.f")
+    call = str(int(job.id[:12], 16))  # a new number each time: the same call gets its first reply
+    _, claim = await q.scripts.claim(1, 10_000, "w", Receipt(q.keys.receipt("c"), call, 60_000))
+    [leased] = claim.jobs
+    item = FinishItem(leased.id, leased.token, "ok", result=outcome(value), ttl_ms=60_000)
+    await q.scripts.finish([item], Receipt(q.keys.receipt("f"), call, 60_000), (60_000, 100))
+    return job
+
+
+async def test_small_outcomes_travel_in_the_finish_message(queue: Queue, ar: aredis.Redis) -> None:
+    """An outcome up to 4 kB reaches its waiter in the finish message, with no second read; a
+    larger one is read by id, in one round trip."""
+    first = await queue.submit("t.f")
+    wait = asyncio.create_task(first.result(timeout=GUARD))
+    await eventually(lambda: queue._results.mode == "subscribed", what="subscription")
+    await eventually(lambda: not queue._results._checks, what="first checks done")
+    before = await calls(ar, "mget")
+    second = await _run_through_scripts(queue, "x" * 100)  # claims and finishes `first`
+    assert await wait == "x" * 100
+    assert await calls(ar, "mget") == before
+    wait = asyncio.create_task(second.result(timeout=GUARD))
+    await eventually(lambda: second.id in queue._results._waiters, what="the second waiter")
+    await _run_through_scripts(queue, "y" * 5000)  # claims and finishes `second`
+    assert await wait == "y" * 5000
+    assert await calls(ar, "mget") - before == 1
+
+
+def test_announcements_parse_and_refuse_cut_short_ones() -> None:
+    """The done channel's message: a version byte, then per job its id and outcome; an outcome
+    of length 0 is read by id; a message of ids (earlier versions) still parses."""
+    msg = b"\x01" + b"\x02ab" + b"\x00\x00\x00\x03xyz" + b"\x01c" + b"\x00\x00\x00\x00"
+    assert results_module.parse_announcement(msg) == [("ab", b"xyz"), ("c", None)]
+    assert results_module.parse_announcement(b"id1 id2") == [("id1", None), ("id2", None)]
+    with pytest.raises(ValueError, match="cut short in job 'ab'"):
+        results_module.parse_announcement(msg[:8])

@@ -22,6 +22,7 @@ for i = 0, n - 1 do
     end
     redis.call('HINCRBY', KEYS[7], 'cancelled', 1)
     done[#done + 1] = id
+    done[#done + 1] = ARGV[4 + i * 3]
     out[#out + 1] = 1
   else
     local prev = redis.call('GET', KEYS[8 + 2 * i])
@@ -36,7 +37,5 @@ for i = 0, n - 1 do
     end
   end
 end
-if #done > 0 then
-  redis.call('PUBLISH', ARGV[1], table.concat(done, ' '))
-end
+announce(ARGV[1], done)
 return out

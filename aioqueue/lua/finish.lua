@@ -2,7 +2,7 @@
 -- KEYS[1] jobs  KEYS[2] attempts  KEYS[3] tokens  KEYS[4] leases  KEYS[5] priority
 -- KEYS[6] pending  KEYS[7] scheduled  KEYS[8] dead  KEYS[9] errors  KEYS[10] wake  KEYS[11] stats
 -- then for job i (0-based): KEYS[12 + 2i] result:{id}, KEYS[13 + 2i] dedup:{key} (any key if none)
--- ARGV[1] pub/sub channel for finished ids, ARGV[2] dead_ttl_ms, ARGV[3] max_dead
+-- ARGV[1] pub/sub channel for finished jobs (see _announce.lua), ARGV[2] dead_ttl_ms, ARGV[3] max_dead
 -- then per job (9 each): id, token, kind, result, error, delay_ms, ttl_ms, has_dedup, reaping
 --   kind: "ok"      store result (TTL), forget the job
 --         "retry"   append error, schedule the next attempt after delay_ms
@@ -67,6 +67,7 @@ for i = 0, n - 1 do
       redis.call('HINCRBY', KEYS[11], 'completed', 1)
       completed = completed + 1
       done[#done + 1] = id
+      done[#done + 1] = ARGV[b + 4]
     elseif kind == 'release' then
       redis.call('HINCRBY', KEYS[2], id, -1)
       local p = tonumber(redis.call('HGET', KEYS[5], id) or '0')
@@ -93,6 +94,7 @@ for i = 0, n - 1 do
         redis.call('ZADD', KEYS[8], now, id)
         redis.call('HINCRBY', KEYS[11], 'dead', 1)
         done[#done + 1] = id
+        done[#done + 1] = ARGV[b + 4]
         died = true
       end
     end
@@ -109,7 +111,5 @@ end
 if woke and redis.call('LLEN', KEYS[10]) == 0 then
   redis.call('RPUSH', KEYS[10], '1')
 end
-if #done > 0 then
-  redis.call('PUBLISH', ARGV[1], table.concat(done, ' '))
-end
+announce(ARGV[1], done)
 return out
