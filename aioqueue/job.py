@@ -85,7 +85,8 @@ class Job(Generic[R]):
         :raises RedisRefused: Redis refused the commands that read outcomes (an ACL rule).
         """
         try:
-            data = await asyncio.wait_for(self.queue._results.wait(self.id, self._epoch), timeout)
+            async with asyncio.timeout(timeout):  # no task of its own, unlike wait_for
+                data = await self.queue._results.wait(self.id, self._epoch)
         except TimeoutError:
             raise ResultTimeout(f"job {self.id} not finished after {timeout} s") from None
         outcome = wire.decode_outcome(data)

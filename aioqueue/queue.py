@@ -121,6 +121,7 @@ class Queue(Submits):
         self._registered = False  # in the registry of queues (done on the first submit)
         self._results = Results(self)
         self._batch: list[tuple[_Prepared, asyncio.Future[Reply]]] = []
+        self._direct = False  # a submit is being sent straight from its caller's task
         self._flushes: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
@@ -326,18 +327,29 @@ class Queue(Submits):
         return _Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key)
 
     async def _coalesce(self, prepared: list[_Prepared]) -> list[Reply]:
-        """Join the submits made in this turn of the event loop, sent together in batches of
-        :data:`MAX_BATCH` jobs per script call; returns each job's reply, in order.
+        """Send these jobs at once when no other submit is on its way; else join the submits
+        made in this turn of the event loop, sent together in batches of :data:`MAX_BATCH` jobs
+        per script call. Returns each job's reply, in order.
 
         :raises: the first batch's error if any of this call's batches failed.
         """
         if not prepared:
             return []
+        if not self._batch and not self._direct and len(prepared) <= MAX_BATCH:
+            # Nothing to join: send now, from this task (no extra turn of the loop, no task).
+            # Submits made meanwhile are joined and sent together as below.
+            self._direct = True
+            try:
+                return await self._send(prepared)
+            finally:
+                self._direct = False
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[Reply]] = [loop.create_future() for _ in prepared]
         if not self._batch:
             loop.call_soon(self._flush)
         self._batch.extend(zip(prepared, futs, strict=True))
+        if len(futs) == 1:  # await the one future itself
+            return [await futs[0]]
         await asyncio.wait(futs)
         errors = [f.exception() for f in futs if f.cancelled() or f.exception() is not None]
         if errors:
