@@ -38,6 +38,9 @@ class Args(NamedTuple):
     log_level: str
 
 
+SPEC_ENV = "AIOQUEUE_TASKS"  # MODULE:ATTR when not given on the command line
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line, no usage block: ``aioqueue-worker: <what is wrong>``; exit code 2."""
@@ -59,7 +62,12 @@ def _parser() -> _Parser:
         epilog="Each flag can be set by the environment variable named in its help; "
         "a flag on the command line wins over the variable.",
     )
-    p.add_argument("spec", metavar="MODULE:ATTR", help="the Queue to serve, e.g. tasks:queue")
+    p.add_argument(
+        "spec",
+        metavar="MODULE:ATTR",
+        nargs="?",
+        help=f"the Queue to serve, e.g. tasks:queue (env {SPEC_ENV})",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     for s in OPTIONS:
         text = f"{s.description} (default: {s.default}; env {s.env})".replace("%", "%%")
@@ -97,7 +105,10 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         settings = WorkerSettings(**values)
     except InvalidOptions as exc:
         parser.error(str(exc))
-    return Args(ns.spec, settings, redis_url, log_level)
+    spec = ns.spec or env.get(SPEC_ENV, "").strip()
+    if not spec:
+        parser.error(f"name the Queue to serve: MODULE:ATTR, or {SPEC_ENV}")
+    return Args(spec, settings, redis_url, log_level)
 
 
 def main(argv: list[str] | None = None) -> None:

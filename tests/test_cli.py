@@ -160,7 +160,7 @@ def test_bad_values_are_one_line_and_exit_2(
 def test_missing_spec_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """Without MODULE:ATTR the worker says so in one line, without the usage block."""
     assert _refused(capsys, []) == (
-        "aioqueue-worker: the following arguments are required: MODULE:ATTR"
+        "aioqueue-worker: name the Queue to serve: MODULE:ATTR, or AIOQUEUE_TASKS"
     )
 
 
@@ -208,10 +208,19 @@ def test_bad_spec_is_a_clear_error(
     assert caught.value.code.startswith("aioqueue-worker: ") and message in caught.value.code
 
 
+def test_the_queue_to_serve_may_come_from_the_environment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """MODULE:ATTR from AIOQUEUE_TASKS when not on the command line (a container's image sets
+    the command, its deployment the variables); the argument wins; neither is one clear line."""
+    assert parse_args([], {"AIOQUEUE_TASKS": "m:q"}).spec == "m:q"
+    assert parse_args(["a:b"], {"AIOQUEUE_TASKS": "m:q"}).spec == "a:b"
+
+
 def test_worker_reads_the_environment(redis_url: str) -> None:
     """A burst worker configured only by variables finds its Redis there and exits 0 when idle."""
     out = _run(
-        "tests.tasks:queue",
+        AIOQUEUE_TASKS="tests.tasks:queue",
         AIOQUEUE_REDIS_URL=redis_url,
         AIOQUEUE_BURST="1",
         AIOQUEUE_PROCESSES="1",

@@ -11,16 +11,16 @@ import pytest
 
 from aioqueue.errors import InvalidOptions
 from aioqueue.worker import WorkerSettings
-from aioqueue.worker.settings import FIELDS, OPTIONS, markdown_table
+from aioqueue.worker.settings import FIELDS, OPTIONS, _cpu_count, markdown_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- settings-table -->", "<!-- /settings-table -->"
 
 
 def test_defaults() -> None:
-    """The defaults: a child per CPU, 5 s leases renewed every second, 3 start failures allowed."""
+    """The defaults: a child per usable CPU (affinity, container quota), 5 s leases renewed every second, 3 start failures allowed."""
     s = WorkerSettings()
-    assert s.processes == (os.cpu_count() or 1)
+    assert s.processes == _cpu_count() <= len(os.sched_getaffinity(0))
     assert (s.prefetch, s.burst, s.heartbeat, s.lease) == (0, False, 1.0, 5.0)
     assert (s.maintenance_interval, s.block_timeout, s.grace) == (1.0, 2.0, 30.0)
     assert (s.max_tasks_per_child, s.retry_backoff, s.retry_backoff_max) == (None, 1.0, 300.0)
@@ -140,7 +140,7 @@ def test_markdown_table_lists_every_option() -> None:
     assert len(lines) == 2 + len(OPTIONS)
     assert "\n| `--lease SECONDS` | `AIOQUEUE_LEASE` | 5 | seconds a lease lasts" in table
     assert "\n| `--burst` | `AIOQUEUE_BURST` | false |" in table
-    assert "\n| `--processes N` | `AIOQUEUE_PROCESSES` | CPU count |" in table
+    assert "\n| `--processes N` | `AIOQUEUE_PROCESSES` | CPUs usable (affinity, container quota) |" in table
     assert "\n| `--max-tasks-per-child N` | `AIOQUEUE_MAX_TASKS_PER_CHILD` | never |" in table
 
 

@@ -11,6 +11,7 @@ import math
 import os
 import types
 import typing
+from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
@@ -26,7 +27,19 @@ LogFormat = Literal["text", "json"]
 
 
 def _cpu_count() -> int:
-    return os.cpu_count() or 1
+    """The CPUs this process may use: its CPU affinity, capped by a cgroup v2 quota (a
+    container's CPU limit), rounded up; at least 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, -(-int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2, or no limit to read
+        pass
+    return max(n, 1)
 
 
 class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,7 +52,12 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     processes: Annotated[
-        int, Meta(ge=1, description="child processes running tasks", extra={"default": "CPU count"})
+        int,
+        Meta(
+            ge=1,
+            description="child processes running tasks",
+            extra={"default": "CPUs usable (affinity, container quota)"},
+        ),
     ] = msgspec.field(default_factory=_cpu_count)
     prefetch: Annotated[
         int, Meta(ge=0, description="jobs claimed beyond the free children, to wait for one")
