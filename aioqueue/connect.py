@@ -36,7 +36,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 __all__ = ("CLUSTER_RETRY_ON", "RETRY_ON", "SCHEMES", "Target", "client", "parse")
@@ -241,6 +241,16 @@ class _Cluster(RedisCluster):
         finally:
             self._commands.release()
 
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        """Learn the cluster's layout; no node answering is a lost connection (retried), not
+        redis-py's RedisClusterException."""
+        try:
+            return await super().initialize(*args, **kwargs)
+        except rex.RedisClusterException as exc:
+            if isinstance(exc, rex.SlotNotCoveredError):
+                raise
+            raise rex.ConnectionError(str(exc)) from exc
+
     def pubsub(
         self,
         node: ClusterNode | None = None,
@@ -267,6 +277,19 @@ class _ClusterPubSub(ClusterPubSub):
 class _SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Connections to the master the Sentinels name; callers beyond ``max_connections`` wait
     for a free one, as with one server."""
+
+    async def get_master_address(self) -> Any:
+        try:
+            return await super().get_master_address()  # type: ignore[no-untyped-call]
+        except MasterNotFoundError as exc:  # redis-py's message lists every client's repr
+            where = ", ".join(
+                f"{s.connection_pool.connection_kwargs['host']}:"
+                f"{s.connection_pool.connection_kwargs['port']}"
+                for s in self.sentinel_manager.sentinels
+            )
+            raise MasterNotFoundError(
+                f"no Sentinel of {where} names a live master for {self.service_name!r}"
+            ) from exc
 
 
 class _SentinelMaster(Redis):

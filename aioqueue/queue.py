@@ -220,7 +220,11 @@ class Queue(Submits):
         )
 
     async def __aenter__(self) -> Queue:
-        await call_redis(self.redis.ping(), self.redis_url)
+        try:
+            await call_redis(self.redis.ping(), self.redis_url)
+        except BaseException:  # no __aexit__ follows: close what was opened (a Sentinel's links)
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(

@@ -3,11 +3,13 @@ ones (no server needed; the cluster and Sentinel tests of the chaos suite use re
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from aioqueue import InvalidOptions, Queue, connect
+from aioqueue import InvalidOptions, Queue, RedisUnavailable, connect
 from aioqueue._redis import SCHEMES, check_url
 
 
@@ -110,3 +112,26 @@ async def test_each_kind_makes_its_client() -> None:
     finally:
         for c in made:
             await c.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_cluster_url_to_a_plain_server_says_so(redis_url: str) -> None:
+    """A cluster URL that names a server without cluster mode raises RedisUnavailable saying
+    so, and leaves nothing open."""
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    q = Queue("q", redis_url=f"redis+cluster://127.0.0.1:{port}", redis_retries=0)
+    with pytest.raises(RedisUnavailable, match="Cluster mode is not enabled on this node"):
+        await q.__aenter__()
+    assert q._redis is None
+
+
+@pytest.mark.anyio
+async def test_no_sentinel_answering_names_them_and_the_service() -> None:
+    """With no Sentinel answering, RedisUnavailable names the Sentinels asked and the service."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    q = Queue("q", redis_url=f"redis+sentinel://127.0.0.1:{port}/mymaster", redis_retries=0)
+    with pytest.raises(RedisUnavailable) as info:
+        await q.__aenter__()
+    assert f"no Sentinel of 127.0.0.1:{port} names a live master for 'mymaster'" in str(info.value)
