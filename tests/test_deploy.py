@@ -622,8 +622,11 @@ def test_web_dispatcher_is_served_and_guarded() -> None:
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     service = objects["Service", "aioqueue-web"]
     assert ports[service["spec"]["ports"][0]["targetPort"]] == port
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"]["path"] == "/"
+    from aioqueue.web.app import create_app
+
+    served = {getattr(r, "path", None) for r in create_app().routes}
+    for probe, path in (("livenessProbe", "/health/live"), ("readinessProbe", "/health/ready")):
+        assert c[probe]["httpGet"]["path"] == path and path in served
         assert ports[c[probe]["httpGet"]["port"]] == port
 
 

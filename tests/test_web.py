@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from aioqueue import Queue
+from aioqueue.testing import RedisServer
 from aioqueue.web.cli import main as web_main
 from tests import tasks
 from tests._async import eventually
@@ -284,6 +285,30 @@ async def test_token_is_required_for_the_api_only(
     assert (await client.get(f"{url}/static/dashboard.js")).status_code == 200
 
 
+async def test_health_probes_need_no_token_and_follow_redis(
+    serve: Serve, client: httpx.AsyncClient, redis_server: RedisServer
+) -> None:
+    """/health/live and /health/ready answer a probe without the token; ready is 503 naming
+    the cause while Redis is down, and 200 again once it is back."""
+    url = serve(token="s3cret")
+    assert (await client.get(f"{url}/health/live")).json() == {"live": True}
+    assert (await client.get(f"{url}/health/ready")).json() == {"ready": True}
+    redis_server.kill()
+    try:
+        r = await client.get(f"{url}/health/ready")
+        assert r.status_code == 503 and "not ready" in r.json()["error"]
+        assert (await client.get(f"{url}/health/live")).status_code == 200
+    finally:
+        redis_server.start()
+    r = await eventually(lambda: _ready(client, url), 10, "ready again")
+    assert r == 200
+
+
+async def _ready(client: httpx.AsyncClient, url: str) -> int | None:
+    r = await client.get(f"{url}/health/ready")
+    return r.status_code if r.status_code == 200 else None
+
+
 async def test_read_only_refuses_every_write(
     serve: Serve, client: httpx.AsyncClient, queue: Queue, sync_redis: redis.Redis
 ) -> None:
@@ -312,7 +337,8 @@ async def test_openapi_document_lists_every_path(serve: Serve, client: httpx.Asy
         "/api/queues", "/api/queues/{queue}", "/api/queues/{queue}/jobs",
         "/api/queues/{queue}/dead", "/api/queues/{queue}/dead/retry",
         "/api/queues/{queue}/dead/purge", "/api/queues/{queue}/pause",
-        "/api/queues/{queue}/resume", "/api/jobs/{id}", "/dispatch",
+        "/api/queues/{queue}/resume", "/api/jobs/{id}", "/dispatch", "/health/live",
+        "/health/ready",
     }  # fmt: skip
     assert set(doc["paths"]["/api/jobs/{id}"]) == {"get", "delete"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import _deps  # noqa: F401 - first: says "install aioqueue[web]" when it is missing
 
 # isort: split
+import asyncio
 import hmac
 import json
 import logging
@@ -19,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._redis import call_redis
 from ..admin.session import CommandError
 from ..errors import (
     AioqueueError,
@@ -37,7 +39,8 @@ __all__ = ("create_app",)
 
 log = logging.getLogger(__name__)
 
-_OPEN = ("/", "/static/")  # the dashboard's files: no token needed to load them
+# the dashboard's files and the health probes: no token needed (they show nothing of the queues)
+_OPEN_PREFIXES = ("/static/", "/health/")
 _READS = ("GET", "HEAD", "OPTIONS")
 _STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 _HEADERS = {
@@ -65,7 +68,7 @@ class _Guard:
         s, path = self.settings, scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = None
-        if s.token is not None and path != "/" and not path.startswith("/static/"):
+        if s.token is not None and path != "/" and not path.startswith(_OPEN_PREFIXES):
             given = headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -135,6 +138,22 @@ async def _asset(request: Request) -> Response:
     return _static(name, _STATIC[name])
 
 
+async def _live(request: Request) -> Response:
+    """``GET /health/live``: the server answers (for a liveness probe)."""
+    return JSONResponse({"live": True})
+
+
+async def _ready(request: Request) -> Response:
+    """``GET /health/ready``: Redis answers a PING within 2 s; else 503 with the cause."""
+    ctx: Context = request.app.state.ctx
+    try:
+        async with asyncio.timeout(2.0):
+            await call_redis(ctx.session.redis.ping(), ctx.session.url)
+    except (AioqueueError, TimeoutError) as exc:
+        return _error(503, f"not ready: {exc or 'no answer from Redis in 2 s'}")
+    return JSONResponse({"ready": True})
+
+
 async def _openapi(request: Request) -> Response:
     return Response(json.dumps(document()), media_type="application/json")
 
@@ -154,6 +173,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/", _index),
         Route("/static/{name}", _asset),
         Route("/openapi.json", _openapi),
+        Route("/health/live", _live),
+        Route("/health/ready", _ready),
         Route("/api/queues", api.queues),
         Route(qp, api.queue),
         Route(qp + "/jobs", api.submit, methods=["POST"]),

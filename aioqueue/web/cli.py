@@ -33,6 +33,14 @@ def _flag(name: str) -> bool:
     return (os.environ.get(name) or "").strip().lower() in _TRUE
 
 
+def _port(text: str) -> int:
+    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a port number from 0 to 65535 (--port or AIOQUEUE_WEB_PORT), got {text!r}"
+        )
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     """Every flag; each has an environment variable, and a flag beats its variable."""
     p = _Parser(prog=PROG, description="HTTP API and dashboard for aioqueue queues.")
@@ -56,8 +64,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--port",
-        type=int,
-        default=int(_env("AIOQUEUE_WEB_PORT", "8700") or 8700),
+        type=_port,
+        default=_env("AIOQUEUE_WEB_PORT", "8700"),
         help="port to listen on ($AIOQUEUE_WEB_PORT, default 8700)",
     )
     p.add_argument(

@@ -122,5 +122,20 @@ def document() -> dict[str, Any]:
                     "submit demo jobs at a pace", "Dispatched", body="Dispatch", status="202"
                 ),  # fmt: skip
             },
+            "/health/live": {
+                "get": {
+                    "summary": "the server answers (no token needed)",
+                    "responses": {"200": _json(_OBJ, "live")},
+                }
+            },
+            "/health/ready": {
+                "get": {
+                    "summary": "Redis answers a PING within 2 s (no token needed)",
+                    "responses": {
+                        "200": _json(_OBJ, "ready"),
+                        "503": _json(_ref("Error"), "Redis does not answer"),
+                    },
+                }
+            },
         },
     }
