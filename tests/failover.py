@@ -205,23 +205,27 @@ def check_kept(record: dict[str, Any], in_flight: int = 2) -> None:
 
 
 def outage(ledger: Ledger, t_fault: float) -> dict[str, float | int | None]:
-    """How long a queue stopped around a fault at ``t_fault`` (Unix time), from its job starts (a
-    start needs a claim that Redis answered): ``stall_s``, the longest time without a start, from
-    the last start before the fault on; ``resume_s``, from the fault to the end of that stall;
-    ``starts_before`` and ``starts_after`` the fault."""
-    starts = sorted(e.t for e in ledger.entries if e.kind == "start")
-    before = [t for t in starts if t <= t_fault]
-    after = [t for t in starts if t > t_fault]
-    if not after:
-        return {"stall_s": None, "resume_s": None, "starts_before": len(before), "starts_after": 0}
-    points = [before[-1] if before else t_fault, *after]
-    stall, end = max((b - a, b) for a, b in zip(points, points[1:], strict=False))
-    return {
-        "stall_s": round(stall, 3),
-        "resume_s": round(end - t_fault, 3),
-        "starts_before": len(before),
-        "starts_after": len(after),
-    }
+    """How long a queue stopped around a fault at ``t_fault`` (Unix time), from its ledger:
+    ``stall_s``, the longest time without a job start (a start needs a claim that Redis
+    answered) from the last start before the fault on, and ``resume_s``, from the fault to the
+    end of that stall; ``completion_gap_s``, the same for job ends (last completion before the
+    fault to the first after the stall); ``starts_before`` and ``starts_after`` the fault."""
+    out: dict[str, float | int | None] = {}
+    for kind, name in (("start", "stall_s"), ("end", "completion_gap_s")):
+        times = sorted(e.t for e in ledger.entries if e.kind == kind)
+        before = [t for t in times if t <= t_fault]
+        after = [t for t in times if t > t_fault]
+        if kind == "start":
+            out.update(starts_before=len(before), starts_after=len(after))
+        if not after:
+            out[name] = None
+            continue
+        points = [before[-1] if before else t_fault, *after]
+        gap, end = max((b - a, b) for a, b in zip(points, points[1:], strict=False))
+        out[name] = round(gap, 3)
+        if kind == "start":
+            out["resume_s"] = round(end - t_fault, 3)
+    return out
 
 
 def show(request: pytest.FixtureRequest, lines: list[str]) -> None:
