@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -15,6 +14,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from . import connect, tracing, wire
+from ._coalesce import Coalescer, Prepared, Reply
 from ._redis import call_redis, check_url
 from .errors import AioqueueError, InvalidOptions, PayloadTooLarge, UnknownTask
 from .info import DeadLetter, QueueInfo
@@ -22,6 +22,7 @@ from .job import Job, JobStatus, new_job_id, status_of
 from .keys import REGISTRY, Keys, validate_queue_name
 from .options import NO_OPTIONS, Options, Spec, Submits, Submitter
 from .results import Results
+from .schedule import Misfire, Schedule
 from .scripts import NewJob, Scripts
 from .sync import SyncQueue
 from .task import TaskDef, task_name, unencodable_error
@@ -39,22 +40,6 @@ DEFAULT_RESULT_TTL = 24 * 3600.0
 DEFAULT_MAX_PAYLOAD = 1 << 20
 DEFAULT_DEAD_TTL = 7 * 24 * 3600.0
 DEFAULT_MAX_DEAD = 10_000
-MAX_BATCH = 1000  # jobs per submit script call
-
-Reply = tuple[str, bool]  # (job id, created) per submitted job
-
-
-class _Prepared:
-    """One job checked and encoded, ready for the submit script."""
-
-    __slots__ = ("id", "data", "priority", "delay_ms", "key")
-
-    def __init__(self, id: str, data: bytes, priority: int, delay_ms: int, key: str | None):
-        self.id = id
-        self.data = data
-        self.priority = priority
-        self.delay_ms = delay_ms
-        self.key = key
 
 
 class Queue(Submits):
@@ -115,14 +100,13 @@ class Queue(Submits):
         self.max_dead = max_dead
         self.keys = Keys(name)
         self.tasks: dict[str, TaskDef] = {}
+        self.schedules: dict[str, Schedule] = {}  # fired by the workers serving the queue
         self._by_fn: dict[Callable[..., Any], TaskDef] = {}
         self._redis: Redis | None = None
         self._scripts: Scripts | None = None
         self._registered = False  # in the registry of queues (done on the first submit)
         self._results = Results(self)
-        self._batch: list[tuple[_Prepared, asyncio.Future[Reply]]] = []
-        self._direct = False  # a submit is being sent straight from its caller's task
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._coalescer = Coalescer(self._send)
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r})"
@@ -140,6 +124,9 @@ class Queue(Submits):
         name: str | None = None,
         retries: int | None = None,
         timeout: float | None = None,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str = "UTC",
     ) -> Callable[[F], F]: ...
     def task(
         self,
@@ -149,12 +136,17 @@ class Queue(Submits):
         name: str | None = None,
         retries: int | None = None,
         timeout: float | None = None,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str = "UTC",
     ) -> Any:
         """Register a plain function as a task; it runs in a worker's child process.
 
         :param name: registered name (default ``module.qualname``).
         :param retries: attempts after the first (default 2).
         :param timeout: seconds an attempt may run before its child is killed.
+        :param cron: also submit it, without arguments, on this cron schedule (in ``tz``);
+            or ``every`` so many seconds. See :meth:`schedule` for the rest.
         """
 
         def register(f: F) -> F:
@@ -164,9 +156,42 @@ class Queue(Submits):
             td = TaskDef(name or task_name(f), f, **kwargs)
             self.tasks[td.name] = td
             self._by_fn[f] = td
+            if cron is not None or every is not None:
+                self.schedule(td.name, cron=cron, every=every, tz=tz)
             return f
 
         return register(fn) if fn is not None else register
+
+    def schedule(
+        self,
+        fn: Callable[..., Any] | str,
+        /,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str = "UTC",
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        misfire: Misfire = "once",
+        catch_up: int = 100,
+    ) -> Schedule:
+        """Submit a task on a cron schedule (read in ``tz``) or every ``every`` seconds; every
+        worker serving the queue fires it, and each tick's job is submitted once in all.
+
+        :param misfire: ticks missed while no worker ran: ``"skip"`` them, fire the latest
+            ``"once"``, or fire ``"all"`` (the latest ``catch_up`` at most).
+        :raises InvalidOptions: a bad expression, interval, zone or policy, or a name taken.
+        :raises ArgumentError: ``args``/``kwargs`` don't fit the task.
+        """
+        task, td = self._resolve(fn)
+        s = Schedule(name or task, task, cron, every, tz, tuple(args), dict(kwargs or {}),
+                     misfire, catch_up)  # fmt: skip
+        if s.name in self.schedules:
+            raise InvalidOptions(f"queue {self.name!r} has a schedule named {s.name!r} already")
+        self._prepare(task, td, s.args, s.kwargs, NO_OPTIONS)  # the arguments fit and encode
+        self.schedules[s.name] = s
+        return s
 
     def _resolve(self, fn: Callable[..., Any] | str) -> tuple[str, TaskDef | None]:
         if isinstance(fn, str):
@@ -237,8 +262,7 @@ class Queue(Submits):
 
     async def aclose(self) -> None:
         """Wait for submits under way, stop waiting for results, close connections."""
-        if self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+        await self._coalescer.drain()
         await self._results.close()
         if self._redis is not None:
             await self._redis.aclose()
@@ -277,15 +301,15 @@ class Queue(Submits):
         return Submitter(self, opts)
 
     async def _submit(self, fn: Callable[..., Any] | str, calls: Sequence[Spec]) -> list[Job[Any]]:
-        """The one submit path: check and encode every job, then send them with the other
-        submits of this turn of the event loop, in batches of :data:`MAX_BATCH`."""
+        """The one submit path: check and encode every job, then send them through the
+        coalescer (see :mod:`aioqueue._coalesce`)."""
         name, td = self._resolve(fn)
         prepared = [self._prepare(name, td, a, k, o) for a, k, o in calls]
         rtype = td.return_type if td is not None else Any
         epoch = self._results.live_epoch()
         if not self._registered:
             await self._register_once()
-        replies = await self._coalesce(prepared)
+        replies = await self._coalescer.submit(prepared)
         return [Job(self, job_id, rtype, created, epoch) for job_id, created in replies]
 
     def _prepare(
@@ -295,7 +319,7 @@ class Queue(Submits):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         opts: Options,
-    ) -> _Prepared:
+    ) -> Prepared:
         if opts is not NO_OPTIONS:
             opts.validate()
         if td is not None:
@@ -328,62 +352,11 @@ class Queue(Submits):
                 f"{name}: encoded job is {len(data):,} bytes, over the queue's "
                 f"max_payload limit of {self.max_payload:,} bytes"
             )
-        return _Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key)
-
-    async def _coalesce(self, prepared: list[_Prepared]) -> list[Reply]:
-        """Send these jobs at once when no other submit is on its way; else join the submits
-        made in this turn of the event loop, sent together in batches of :data:`MAX_BATCH` jobs
-        per script call. Returns each job's reply, in order.
-
-        :raises: the first batch's error if any of this call's batches failed.
-        """
-        if not prepared:
-            return []
-        if not self._batch and not self._direct and len(prepared) <= MAX_BATCH:
-            # Nothing to join: send now, from this task (no extra turn of the loop, no task).
-            # Submits made meanwhile are joined and sent together as below.
-            self._direct = True
-            try:
-                return await self._send(prepared)
-            finally:
-                self._direct = False
-        loop = asyncio.get_running_loop()
-        futs: list[asyncio.Future[Reply]] = [loop.create_future() for _ in prepared]
-        if not self._batch:
-            loop.call_soon(self._flush)
-        self._batch.extend(zip(prepared, futs, strict=True))
-        if len(futs) == 1:  # await the one future itself
-            return [await futs[0]]
-        await asyncio.wait(futs)
-        errors = [f.exception() for f in futs if f.cancelled() or f.exception() is not None]
-        if errors:
-            raise errors[0] or asyncio.CancelledError()
-        return [f.result() for f in futs]
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        for i in range(0, len(batch), MAX_BATCH):
-            task = asyncio.ensure_future(self._flush_batch(batch[i : i + MAX_BATCH]))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-
-    async def _flush_batch(self, batch: list[tuple[_Prepared, asyncio.Future[Reply]]]) -> None:
-        try:
-            replies = await self._send([p for p, _ in batch])
-        except BaseException as exc:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, fut), reply in zip(batch, replies, strict=True):
-            if not fut.done():
-                fut.set_result(reply)
+        return Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key)
 
     # -- script calls: one method each -----------------------------------------------------
 
-    async def _send(self, prepared: list[_Prepared]) -> list[Reply]:
+    async def _send(self, prepared: list[Prepared]) -> list[Reply]:
         """Run the submit script for these jobs; per job, its id (the original job's, when a
         de-duplication key matched) and whether it was created."""
         jobs = [NewJob(p.id, p.data, p.priority, p.delay_ms, p.key) for p in prepared]

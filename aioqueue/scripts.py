@@ -23,7 +23,7 @@ from redis.commands.core import AsyncScript
 
 from ._redis import call_redis, to_str
 from .keys import Keys
-from .views import JobRow, Overview, WorkerAbout, last_minute
+from .views import JobRow, Overview, WorkerAbout, last_minute, schedule_rows
 
 __all__ = (
     "ClaimReply",
@@ -109,6 +109,7 @@ _FINISH = _RETENTION + _MINUTE + _ANNOUNCE
 SOURCES["finish"] = _with_receipt(_FINISH + _source("finish"))
 SOURCES["finish_claim"] = _with_receipt(_FINISH + _compose("finish", "claim"))
 SOURCES["cancel"] = _with_receipt(_ANNOUNCE + _source("cancel"))
+SOURCES["tick"] = _function("submit") + _source("tick")
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +265,16 @@ class Scripts:
         reply = await self._run("submit", keys, args)
         return [(to_str(reply[i]), bool(reply[i + 1])) for i in range(0, len(reply), 2)]
 
+    async def tick(self, schedule: str, tick_ms: int, job: NewJob | None) -> bool:
+        """Record a schedule's tick as fired and submit its ``job`` (None: record only), in
+        one step; False if this tick or a later one was fired already."""
+        k = self.keys
+        keys, args = [k.schedules], [schedule, tick_ms]
+        if job is not None:
+            keys += [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.result(job.id), k.jobs]
+            args += [job.id, job.data, job.priority, job.delay_ms, "0"]
+        return bool(await self._run("tick", keys, args))
+
     async def cancel(
         self, jobs: Sequence[tuple[str, bytes, str | None]], result_ttl_ms: int
     ) -> list[bool]:
@@ -412,9 +423,9 @@ class Scripts:
         in one step."""
         k = self.keys
         keys = [k.pending, k.scheduled, k.leases, k.dead, k.workers, k.stats, k.paused,
-                k.worker_info]  # fmt: skip
+                k.worker_info, k.schedules]  # fmt: skip
         reply = await self._run("overview", keys, [max_levels])
-        now, p, s, r, d, workers, stats, heads, more, past, first, paused, about = reply
+        now, p, s, r, d, workers, stats, heads, more, past, first, paused, about, sched = reply
         fields = {to_str(stats[i]): int(stats[i + 1]) for i in range(0, len(stats), 2)}
         return Overview(
             now_ms=int(now),
@@ -426,6 +437,7 @@ class Scripts:
             counters={f: v for f, v in fields.items() if ":" not in f},
             last_minute=last_minute(fields, int(now)),
             this_minute=last_minute(fields, int(now), ago=0),
+            schedules=schedule_rows(sched),
             about={
                 to_str(about[i]): WorkerAbout.decode(about[i + 1]) for i in range(0, len(about), 2)
             },

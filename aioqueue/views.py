@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._redis import to_str
 
-__all__ = ("JobRow", "Overview", "WorkerAbout", "last_minute")
+__all__ = ("JobRow", "Overview", "ScheduleRow", "WorkerAbout", "last_minute", "schedule_rows")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,32 @@ class Overview:
     last_minute: dict[str, int] = field(default_factory=dict)  # completed, failed
     this_minute: dict[str, int] = field(default_factory=dict)  # so far
     about: dict[str, WorkerAbout] = field(default_factory=dict)  # by worker id
+    schedules: list[ScheduleRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """A periodic job as the workers firing it last wrote it: what it runs and when (ms)."""
+
+    name: str
+    about: str
+    last_ms: int | None
+    next_ms: int | None
+
+
+def schedule_rows(flat: list[Any]) -> list[ScheduleRow]:
+    """The schedules hash (name -> last tick, name:next, name:about) as rows, by name."""
+    fields = {to_str(flat[i]): to_str(flat[i + 1]) for i in range(0, len(flat), 2)}
+    names = sorted({f.split(":", 1)[0] for f in fields})
+    return [
+        ScheduleRow(
+            name=n,
+            about=fields.get(f"{n}:about", ""),
+            last_ms=int(fields[n]) if n in fields else None,
+            next_ms=int(fields[f"{n}:next"]) if f"{n}:next" in fields else None,
+        )
+        for n in names
+    ]
 
 
 @dataclass(frozen=True, slots=True)

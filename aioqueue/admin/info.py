@@ -60,6 +60,15 @@ async def queue_info(session: Session, name: str) -> dict[str, Any]:
         },
         "leases_past_due": o.leases_past_due,
         "counters": dict(sorted(o.counters.items())),
+        "schedules": [
+            {
+                "name": r.name,
+                "runs": r.about,
+                "last_tick": None if r.last_ms is None else r.last_ms / 1000,
+                "next_tick": None if r.next_ms is None else r.next_ms / 1000,
+            }
+            for r in o.schedules
+        ],  # fmt: skip
         "last_minute": o.last_minute,
         "this_minute": o.this_minute,
         "workers": [w for w in workers if w["live"]],
@@ -70,6 +79,10 @@ async def queue_info(session: Session, name: str) -> dict[str, Any]:
 
 def _minute(m: dict[str, int]) -> str:
     return f"{m['completed']:,} completed, {m['failed']:,} failed"
+
+
+def _when(t: float | None) -> str:
+    return iso(t) or "-"
 
 
 def _count(n: int | None) -> str:
@@ -106,6 +119,10 @@ def _blocks(queues: list[dict[str, Any]]) -> list[Block]:
         ]  # fmt: skip
         heads = ["id", "host", "pid", "processes", "in flight", "state", "heartbeat deadline"]
         blocks.append(Table("workers", heads, rows))
+        if d["schedules"]:
+            rows = [[r["name"], r["runs"], _when(r["next_tick"]), _when(r["last_tick"])]
+                    for r in d["schedules"]]  # fmt: skip
+            blocks.append(Table("schedules", ["name", "runs", "next tick", "last tick"], rows))
     return blocks
 
 

@@ -35,6 +35,7 @@ from .logs import job_fields
 from .metrics import Metrics
 from .outcomes import Outcomes
 from .pool import Pool, Work
+from .schedules import schedule_loop
 from .settings import WorkerSettings
 
 __all__ = ("Worker", "WorkerFailed")
@@ -152,6 +153,7 @@ class Worker:
         await self._check_redis()
         tg.start_soon(heartbeat_loop, self)
         tg.start_soon(recovery_loop, self)
+        tg.start_soon(schedule_loop, self)
         tg.start_soon(self.finisher.run)
         with anyio.CancelScope() as self._fetch_scope:
             await self.fetcher.run()
