@@ -20,8 +20,9 @@ __all__ = ("Job", "JobStatus")
 R = TypeVar("R")
 
 #: Where a job is: waiting (``pending``, ``scheduled``), ``running``, or finished: ``complete``,
-#: ``failed`` (its last attempt failed), ``cancelled`` (withdrawn before it started), ``dead``
-#: (in the dead-letter queue); ``unknown`` when the queue has no such job (or its result expired).
+#: ``failed`` (its last attempt failed), ``cancelled`` (cancelled before it started, or stopped
+#: while it ran), ``dead`` (in the dead-letter queue); ``unknown`` when the queue has no such
+#: job (or its result expired).
 JobStatus = Literal[
     "pending", "scheduled", "running", "complete", "failed", "cancelled", "dead", "unknown"
 ]
@@ -104,6 +105,7 @@ class Job(Generic[R]):
         return await self.queue._status(self.id)
 
     async def cancel(self) -> bool:
-        """Withdraw the job if it has not started; True if it is cancelled (by this call or an
-        earlier one), False if it is running, finished or unknown."""
+        """Cancel the job: it never runs if it has not started, and is stopped (its child
+        killed, no retry) if it runs; True if it is cancelled (by this call or an earlier one),
+        False if it finished otherwise or is unknown (see :meth:`aioqueue.Queue.cancel`)."""
         return (await self.queue.cancel([self.id]))[0]

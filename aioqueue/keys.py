@@ -30,7 +30,7 @@ class Keys:
     __slots__ = (
         "prefix", "jobs", "pending", "scheduled", "priority", "attempts", "tokens",
         "leases", "dead", "errors", "wake", "workers", "worker_info", "stats", "done_channel",
-        "paused", "schedules",
+        "paused", "schedules", "cancels",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -51,6 +51,7 @@ class Keys:
         self.stats = p + "stats"
         self.done_channel = p + "done"
         self.paused = p + "paused"  # exists while the queue is paused: workers claim nothing
+        self.cancels = p + "cancels"  # id -> ms: a cancel asked of a running job
         self.schedules = p + "schedules"  # name -> last tick fired (ms); name:next, name:about
 
     def result(self, job_id: str) -> str:

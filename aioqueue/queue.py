@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 from . import connect, tracing, wire
 from ._coalesce import Coalescer, Prepared, Reply
 from ._redis import call_redis, check_url
-from .errors import AioqueueError, InvalidOptions, PayloadTooLarge, UnknownTask
+from .errors import AioqueueError, InvalidOptions, JobNotFound, PayloadTooLarge, UnknownTask
 from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus, new_job_id, status_of
 from .keys import REGISTRY, Keys, validate_queue_name
@@ -376,10 +377,17 @@ class Queue(Submits):
         """A handle to a job known only by its id (for example, in another process)."""
         return Job(self, job_id, result_type)
 
-    async def cancel(self, job_ids: Sequence[str]) -> list[bool]:
-        """Withdraw jobs that have not started; per id, True if the job is cancelled (by this
-        call or an earlier one: a retried cancel answers the same), False if it is running,
-        finished or unknown."""
+    async def cancel(self, job_ids: Sequence[str], *, wait: float = 30.0) -> list[bool]:
+        """Cancel jobs: one that has not started never runs; a running one is stopped by the
+        worker holding it, which kills its child at its next heartbeat and records the job as
+        cancelled, with no retry. Per id, True if the job is cancelled (by this call or an
+        earlier one: a retried cancel answers the same), False if it finished otherwise (also
+        when it finished before its worker could stop it) or is unknown.
+
+        :param wait: seconds to wait for running jobs to be stopped; one still stopping then
+            counts as cancelled (its worker stops it at its next heartbeat, or recovery does
+            when that worker is gone).
+        """
         jobs: list[tuple[str, bytes, str | None]] = []
         for job_id, env in zip(job_ids, await self._envelopes(job_ids), strict=True):
             outcome = wire.Outcome(
@@ -387,7 +395,25 @@ class Queue(Submits):
                 finished=time.time(),
             )  # fmt: skip
             jobs.append((job_id, wire.encode(outcome), env.key if env else None))
-        return await self.scripts.cancel(jobs, int(self.result_ttl * 1000))
+        replies = await self.scripts.cancel(jobs, int(self.result_ttl * 1000))
+        stopping = [i for i, r in zip(job_ids, replies, strict=True) if r == 2]
+        stopped = dict(zip(stopping, await self._stopped(stopping, wait), strict=True))
+        return [r == 1 or stopped.get(i, False) for i, r in zip(job_ids, replies, strict=True)]
+
+    async def _stopped(self, job_ids: list[str], wait: float) -> list[bool]:
+        """Per running job asked to stop: False if it finished otherwise, else True."""
+
+        async def one(job_id: str) -> bool:
+            try:
+                async with asyncio.timeout(wait):
+                    data = await self._results.wait(job_id)
+            except TimeoutError:
+                return True
+            except JobNotFound:  # finished, and its result gone already
+                return False
+            return wire.decode_outcome(data).cancelled
+
+        return list(await asyncio.gather(*(one(i) for i in job_ids)))
 
     async def _envelopes(self, job_ids: Sequence[str]) -> list[wire.Envelope | None]:
         """The jobs' envelopes (None for an unknown id or undecodable bytes)."""

@@ -36,7 +36,7 @@ __all__ = (
     "Scripts",
 )
 
-FinishKind = Literal["ok", "retry", "dead", "release"]
+FinishKind = Literal["ok", "retry", "dead", "release", "cancel"]
 
 PRODUCER_RECEIPT_MS = 300_000  # a producer's re-sends come within seconds
 
@@ -277,17 +277,19 @@ class Scripts:
 
     async def cancel(
         self, jobs: Sequence[tuple[str, bytes, str | None]], result_ttl_ms: int
-    ) -> list[bool]:
-        """Withdraw waiting jobs, given as (id, encoded cancelled Outcome, de-duplication key);
-        per job, True if it was cancelled."""
+    ) -> list[int]:
+        """Withdraw waiting jobs, given as (id, encoded cancelled Outcome, de-duplication key),
+        and ask the holders of running ones to stop them; per job, 1 if it was cancelled, 2 if
+        it runs and its holder was asked to stop it, 0 if it finished otherwise or is unknown."""
         k = self.keys
-        keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats]
+        keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats,
+                k.leases, k.cancels]  # fmt: skip
         args: list[Any] = [k.done_channel, result_ttl_ms]
         for job_id, outcome, dedup in jobs:
             keys += [k.result(job_id), k.dedup(dedup) if dedup else k.jobs]
             args += [job_id, outcome, "1" if dedup else "0"]
         reply = await self._run("cancel", keys, args, Receipt.once(k))
-        return [bool(r) for r in reply]
+        return [int(r) for r in reply]
 
     async def status(self, job_id: str) -> tuple[str, bytes | None]:
         """Where a job is (running, pending, scheduled, dead, finished, unknown), and its
@@ -347,7 +349,7 @@ class Scripts:
     ) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
-                k.dead, k.errors, k.wake, k.stats]  # fmt: skip
+                k.dead, k.errors, k.wake, k.stats, k.cancels]  # fmt: skip
         args: list[Any] = [k.done_channel, dead_ttl_ms, max_dead]
         for f in items:
             keys += [k.result(f.id), k.dedup(f.dedup) if f.dedup else k.jobs]
@@ -397,17 +399,17 @@ class Scripts:
         held: Sequence[tuple[str, str]],
         receipt: Receipt,
         about: WorkerAbout | None = None,
-    ) -> list[str]:
+    ) -> tuple[list[str], list[str]]:
         """Extend the leases of ``held`` (id, token) pairs and say what the worker is (``about``,
-        for ``aioqueue info``); the ids no longer held."""
+        for ``aioqueue info``); the ids no longer held, and the held ids asked to be cancelled."""
         k = self.keys
         about = about or WorkerAbout(0, len(held), 0)
         args: list[Any] = [worker, lease_ms, about.encode()]
         for pair in held:
             args += pair
-        keys = [k.leases, k.tokens, k.workers, k.worker_info]
-        lost = await self._run("heartbeat", keys, args, receipt)
-        return [to_str(i) for i in lost]
+        keys = [k.leases, k.tokens, k.workers, k.worker_info, k.cancels]
+        lost, stop = await self._run("heartbeat", keys, args, receipt)
+        return [to_str(i) for i in lost], [to_str(i) for i in stop]
 
     async def expired(self, limit: int, dead: tuple[int, int]) -> list[LeasedJob]:
         """Leases past their deadline (and dead-letter retention applied on the way)."""

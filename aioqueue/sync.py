@@ -126,8 +126,9 @@ class SyncJob(Generic[R]):
         return self._sync._call("job.status()", lambda q: self._on(q).status())
 
     def cancel(self) -> bool:
-        """Withdraw the job if it has not started; True if it is cancelled (by this call or an
-        earlier one), False if it is running, finished or unknown."""
+        """Cancel the job: it never runs if it has not started, and is stopped (its child
+        killed, no retry) if it runs; True if it is cancelled (by this call or an earlier one),
+        False if it finished otherwise or is unknown (see :meth:`aioqueue.Queue.cancel`)."""
         return self._sync._call("job.cancel()", lambda q: self._on(q).cancel())
 
 
@@ -283,7 +284,7 @@ class SyncQueue(SyncSubmits):
         return SyncJob(self, Job(self.queue, job_id, result_type))
 
     def cancel(self, job_ids: Sequence[str]) -> list[bool]:
-        """Withdraw jobs that have not started; as :meth:`aioqueue.Queue.cancel`."""
+        """Cancel jobs, running ones too; as :meth:`aioqueue.Queue.cancel`."""
         return self._call("queue.sync.cancel()", lambda q: q.cancel(job_ids))
 
     def info(self) -> QueueInfo:

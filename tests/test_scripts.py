@@ -65,12 +65,15 @@ async def test_claim_leases_atomically_and_heartbeat_reports_loss(
     assert wire.decode_envelope(leased.data).task == "tests.tasks.noop"
     assert sync_redis.zscore(k.leases, job.id) is not None
     assert sync_redis.zcard(k.pending) == 0
-    lost = await scripts.heartbeat(
+    lost, stop = await scripts.heartbeat(
         "w1", 1000, [(job.id, "w1:7"), ("gone", "t")], receipt(queue, "b")
     )
-    assert lost == ["gone"]
-    lost = await scripts.heartbeat("w2", 1000, [(job.id, "w2:9")], receipt(queue, "b", 2))
+    assert (lost, stop) == (["gone"], [])
+    lost, _ = await scripts.heartbeat("w2", 1000, [(job.id, "w2:9")], receipt(queue, "b", 2))
     assert lost == [job.id]
+    assert await scripts.cancel([(job.id, b"cancelled", None)], 60_000) == [2]  # running
+    lost, stop = await scripts.heartbeat("w1", 1000, [(job.id, "w1:7")], receipt(queue, "b", 3))
+    assert (lost, stop) == ([], [job.id])  # its holder is asked to stop it
 
 
 async def test_claim_never_starts_a_job_twice(
@@ -185,7 +188,7 @@ async def test_resent_cancel_requeue_and_purge_answer_as_the_first_time(
     assert await scripts._run("cancel", *_cancel_call(queue, job.id, cancelled), r) == [1]
     assert await scripts._run("cancel", *_cancel_call(queue, job.id, cancelled), r) == [1]
     assert sync_redis.hget(k.stats, "cancelled") == b"1"
-    assert await scripts.cancel([(job.id, cancelled, None)], 60_000) == [True]  # a new call too
+    assert await scripts.cancel([(job.id, cancelled, None)], 60_000) == [1]  # a new call too
     assert sync_redis.hget(k.stats, "cancelled") == b"1"
 
     dead = await queue.submit(tasks.noop)
@@ -212,7 +215,7 @@ async def test_resent_cancel_requeue_and_purge_answer_as_the_first_time(
 def _cancel_call(queue: Queue, job_id: str, data: bytes) -> tuple[list[str], list[object]]:
     k = queue.keys
     keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats,
-            k.result(job_id), k.jobs]  # fmt: skip
+            k.leases, k.cancels, k.result(job_id), k.jobs]  # fmt: skip
     return keys, [k.done_channel, 60_000, job_id, data, "0"]
 
 

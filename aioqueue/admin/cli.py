@@ -77,7 +77,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--priority", type=int, default=0, help="higher runs first")
     c.add_argument("--key", help="de-duplication key")
 
-    c = sub.add_parser("cancel", parents=[common], help="withdraw jobs that have not started")
+    c = sub.add_parser(
+        "cancel", parents=[common], help="cancel jobs (running ones: their children are killed)"
+    )
     c.add_argument("ids", nargs="+", metavar="ID")
     c.add_argument("--queue", help="default: look in every registered queue")
 

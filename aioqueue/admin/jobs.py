@@ -1,4 +1,4 @@
-"""``aioqueue job``, ``submit`` and ``cancel``: one job in full, a new job, withdrawn jobs."""
+"""``aioqueue job``, ``submit`` and ``cancel``: one job in full, a new job, cancelled jobs."""
 
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ async def submit(
 
 
 async def cancel(session: Session, out: Output, ids: list[str], queue: str | None) -> int:
-    """Withdraw jobs that have not started; exit 1 if any could not be."""
+    """Cancel jobs (running ones are stopped by their workers); exit 1 if any could not be."""
     results: dict[str, str] = {}
     for job_id in ids:
         try:

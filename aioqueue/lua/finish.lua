@@ -1,13 +1,17 @@
 -- finish: record the outcome of leased jobs, fenced by the holder token. One call, many jobs.
 -- KEYS[1] jobs  KEYS[2] attempts  KEYS[3] tokens  KEYS[4] leases  KEYS[5] priority
 -- KEYS[6] pending  KEYS[7] scheduled  KEYS[8] dead  KEYS[9] errors  KEYS[10] wake  KEYS[11] stats
--- then for job i (0-based): KEYS[12 + 2i] result:{id}, KEYS[13 + 2i] dedup:{key} (any key if none)
+-- KEYS[12] cancels (id -> when a cancel of the running job was asked, ms)
+-- then for job i (0-based): KEYS[13 + 2i] result:{id}, KEYS[14 + 2i] dedup:{key} (any key if none)
 -- ARGV[1] pub/sub channel for finished jobs (see _announce.lua), ARGV[2] dead_ttl_ms, ARGV[3] max_dead
 -- then per job (9 each): id, token, kind, result, error, delay_ms, ttl_ms, has_dedup, reaping
 --   kind: "ok"      store result (TTL), forget the job
 --         "retry"   append error, schedule the next attempt after delay_ms
 --         "dead"    append error, store the failure as result (TTL), move to the dead letters
 --         "release" hand the job back untouched; the attempt does not count
+--         "cancel"  store the cancelled outcome (`result`, TTL), forget the job
+--   A "retry" or "release" of a job whose cancel was asked is a "cancel" (its `result` holds
+--   the cancelled outcome for that case): a cancelled job never runs again.
 --   reaping = "1": the caller recovers an expired lease; act only while it is still expired
 -- Returns per job: 1 applied, 0 fenced (the caller no longer holds the job), -1 lease alive
 -- (reaping), -2 nothing to recover (reaping: another worker recovered it, or it finished).
@@ -29,14 +33,18 @@ for i = 0, n - 1 do
   local b = H + i * 9
   local id, token, kind = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local reaping = ARGV[b + 9] == '1'
-  local rkey, dkey = KEYS[12 + 2 * i], KEYS[13 + 2 * i]
+  local rkey, dkey = KEYS[13 + 2 * i], KEYS[14 + 2 * i]
   local ttl = tonumber(ARGV[b + 7])
   local lease = redis.call('ZSCORE', KEYS[4], id)
   local held = lease and redis.call('HGET', KEYS[3], id) == token
+  if held and (kind == 'retry' or kind == 'release') and ARGV[b + 4] ~= ''
+      and redis.call('HEXISTS', KEYS[12], id) == 1 then
+    kind = 'cancel'
+  end
   local again = false
   if not held and not reaping then
-    if kind == 'ok' or kind == 'dead' then
-      again = redis.call('GET', rkey) == ARGV[b + 4]
+    if ARGV[b + 4] ~= '' and redis.call('GET', rkey) == ARGV[b + 4] then
+      again = true  -- its outcome is stored: a result, a dead letter's, or a cancel's
     elseif kind == 'retry' then
       local prev = redis.call('HGET', KEYS[9], id)
       local rec = struct.pack('>I4', #ARGV[b + 5]) .. ARGV[b + 5]
@@ -55,17 +63,22 @@ for i = 0, n - 1 do
   else
     redis.call('ZREM', KEYS[4], id)
     redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[12], id)
     if reaping then
       redis.call('HINCRBY', KEYS[11], 'recovered', 1)
     end
-    if kind == 'ok' then
+    if kind == 'ok' or kind == 'cancel' then
       redis.call('SET', rkey, ARGV[b + 4], 'PX', ttl)
       redis.call('HDEL', KEYS[1], id)
       redis.call('HDEL', KEYS[2], id)
       redis.call('HDEL', KEYS[5], id)
       redis.call('HDEL', KEYS[9], id)
-      redis.call('HINCRBY', KEYS[11], 'completed', 1)
-      completed = completed + 1
+      if kind == 'ok' then
+        redis.call('HINCRBY', KEYS[11], 'completed', 1)
+        completed = completed + 1
+      else
+        redis.call('HINCRBY', KEYS[11], 'cancelled', 1)
+      end
       done[#done + 1] = id
       done[#done + 1] = ARGV[b + 4]
     elseif kind == 'release' then
@@ -98,7 +111,7 @@ for i = 0, n - 1 do
         died = true
       end
     end
-    if (kind == 'ok' or kind == 'dead') and ARGV[b + 8] == '1' then
+    if kind ~= 'retry' and kind ~= 'release' and ARGV[b + 8] == '1' then
       redis.call('PEXPIRE', dkey, ttl)
     end
     out[#out + 1] = 1

@@ -142,7 +142,7 @@ async def job(request: Request) -> JSONResponse:
 
 
 async def cancel(request: Request) -> JSONResponse:
-    """``DELETE /api/jobs/{id}?queue=q``: withdraw a job that has not started (409 if it has)."""
+    """``DELETE /api/jobs/{id}?queue=q``: cancel a job, running or not (409 if it finished)."""
     ctx = ctx_of(request)
     job_id = request.path_params["id"]
     q, row = await ctx.find(job_id, request.query_params.get("queue"))

@@ -41,7 +41,9 @@ async def heartbeat_loop(w: Worker) -> None:
         pairs = [(h.id, h.token) for h in w.held.values()]
         try:
             about = WorkerAbout(w.settings.processes, len(pairs), w.started_ms)
-            lost = await w.scripts.heartbeat(w.id, w.lease_ms, pairs, w.beat_channel.next(), about)
+            lost, stop = await w.scripts.heartbeat(
+                w.id, w.lease_ms, pairs, w.beat_channel.next(), about
+            )
         except Exception as exc:
             w.beat_error = f"{type(exc).__name__}: {exc}"
             w.outage.failed("heartbeat", exc)
@@ -62,6 +64,14 @@ async def heartbeat_loop(w: Worker) -> None:
             )  # fmt: skip
             if held.work is not None and w.pool is not None:
                 w.pool.cancel(held.work)
+        for job_id in stop:
+            held = w.held.get(job_id)
+            if held is not None and not held.finishing and job_id not in w.cancelling:
+                w.cancelling.add(job_id)
+                log.info("job %s: cancel asked; stopping it", job_id,
+                         extra=job_fields(held, w.id, "cancelled"))  # fmt: skip
+                if held.work is not None and w.pool is not None:
+                    w.pool.cancel(held.work)
 
 
 async def recovery_loop(w: Worker) -> None:

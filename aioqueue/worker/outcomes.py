@@ -60,7 +60,23 @@ class Outcomes:
         )  # fmt: skip
 
     def release(self, held: Held) -> FinishItem:
-        return FinishItem(held.id, held.token, "release")
+        return FinishItem(held.id, held.token, "release", result=self._cancelled(held))
+
+    def cancelled(self, held: Held) -> FinishItem:
+        """A running job stopped because a producer cancelled it: no retry."""
+        return FinishItem(
+            held.id, held.token, "cancel", result=self._cancelled(held),
+            ttl_ms=self._ttl_ms(held), dedup=self._dedup(held),
+        )  # fmt: skip
+
+    def _cancelled(self, held: Held) -> bytes:
+        """The outcome recorded if the job turns out to be cancelled (the finish script turns
+        a retry or a release of a job whose cancel was asked into a cancel)."""
+        outcome = wire.Outcome(
+            v=wire.WIRE_VERSION, task=held.task, ok=False, cancelled=True,
+            attempts=held.attempts, finished=time.time(),
+        )  # fmt: skip
+        return wire.encode(outcome)
 
     def failure(
         self, held: Held, err: wire.ErrorInfo, retries: int | None = None, *, reaping: bool = False
@@ -85,8 +101,9 @@ class Outcomes:
                 extra=job_fields(held, self.worker, "retried"),
             )  # fmt: skip
             return FinishItem(
-                held.id, held.token, "retry", error=wire.encode(err),
-                delay_ms=math.ceil(delay * 1000), ttl_ms=ttl_ms, dedup=dedup, reaping=reaping,
+                held.id, held.token, "retry", result=self._cancelled(held),
+                error=wire.encode(err), delay_ms=math.ceil(delay * 1000), ttl_ms=ttl_ms,
+                dedup=dedup, reaping=reaping,
             )  # fmt: skip
         log.warning(
             "job %s: %s failed after %s (%s: %s); dead-lettered",

@@ -79,8 +79,9 @@ class Worker:
         self.running = 0  # jobs between claim and the child's reply
         self.counters: dict[str, int] = {
             "claimed": 0, "completed": 0, "retried": 0, "dead": 0, "released": 0,
-            "fenced": 0, "lost": 0, "recovered": 0, "stale": 0, "lease_lost": 0,
+            "cancelled": 0, "fenced": 0, "lost": 0, "recovered": 0, "stale": 0, "lease_lost": 0,
         }  # fmt: skip
+        self.cancelling: set[str] = set()  # held jobs whose cancel was asked, being stopped
         self.metrics = Metrics(self)
         self.beat_at: float | None = None  # time.monotonic() of the last answered heartbeat
         self.beat_error: str | None = None  # why the last heartbeat failed, if it did
@@ -326,6 +327,11 @@ class Worker:
         """The pool is done with a job: a reply, or None when it was taken back."""
         if self.spans is not None:
             self.spans.end(held, reply)
+        if held.id in self.cancelling:
+            self.cancelling.discard(held.id)
+            if reply is None or not reply.ok:  # stopped (or failed) after its cancel was asked
+                self.job_done(held, self.outcomes.cancelled(held))
+                return
         if reply is not None:
             work = held.work
             if work is not None and work.started_at:
@@ -363,9 +369,10 @@ class Worker:
     def count(self, held: Held, item: FinishItem, applied: int) -> None:
         """Count what the finish script did with an outcome, as Redis counts it."""
         if applied == 1:
-            counter = {"ok": "completed", "retry": "retried", "dead": "dead", "release": "released"}
+            counter = {"ok": "completed", "retry": "retried", "dead": "dead",
+                       "release": "released", "cancel": "cancelled"}  # fmt: skip
             self.counters[counter[item.kind]] += 1
-            if item.kind != "release":
+            if item.kind not in ("release", "cancel"):
                 series = self.metrics.task(held.task)
                 if item.kind == "ok":
                     series.succeeded.inc()

@@ -166,7 +166,7 @@ class QueueMachine(RuleBasedStateMachine):
     def heartbeat(self) -> None:
         pairs = sorted(self.held.items())
         r = self._receipt("beat")
-        lost = set(self._call(lambda: self.sc.heartbeat("w", LONG, pairs, r)))
+        lost = set(self._call(lambda: self.sc.heartbeat("w", LONG, pairs, r))[0])
         expected = {i for i, t in self.held.items() if self.token.get(i) != t}
         assert lost == expected
         for id_ in self.held:
