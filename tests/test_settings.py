@@ -18,7 +18,8 @@ START, END = "<!-- settings-table -->", "<!-- /settings-table -->"
 
 
 def test_defaults() -> None:
-    """The defaults: a child per usable CPU (affinity, container quota), 5 s leases renewed every second, 3 start failures allowed."""
+    """The defaults: a child per usable CPU (affinity, container quota), 5 s leases renewed
+    every second, 3 start failures allowed."""
     s = WorkerSettings()
     assert s.processes == _cpu_count() <= len(os.sched_getaffinity(0))
     assert (s.prefetch, s.burst, s.heartbeat, s.lease) == (0, False, 1.0, 5.0)
@@ -140,7 +141,10 @@ def test_markdown_table_lists_every_option() -> None:
     assert len(lines) == 2 + len(OPTIONS)
     assert "\n| `--lease SECONDS` | `AIOQUEUE_LEASE` | 5 | seconds a lease lasts" in table
     assert "\n| `--burst` | `AIOQUEUE_BURST` | false |" in table
-    assert "\n| `--processes N` | `AIOQUEUE_PROCESSES` | CPUs usable (affinity, container quota) |" in table
+    assert (
+        "\n| `--processes N` | `AIOQUEUE_PROCESSES` | CPUs usable (affinity, container quota) |"
+        in table
+    )
     assert "\n| `--max-tasks-per-child N` | `AIOQUEUE_MAX_TASKS_PER_CHILD` | never |" in table
 
 

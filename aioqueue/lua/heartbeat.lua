@@ -10,8 +10,9 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[2])
--- A deletion first: Redis refuses a script at maxmemory only when its first write may grow
--- memory, and leases must be kept alive then too.
+-- A deletion first (of nothing): Redis refuses a script at maxmemory only when its first write
+-- may grow memory, and leases must be kept alive then too.
+redis.call('HDEL', KEYS[4], '')
 local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - 60000, 'LIMIT', 0, 100)
 for _, w in ipairs(gone) do  -- workers gone a minute
   redis.call('ZREM', KEYS[3], w)
