@@ -79,7 +79,7 @@ class Job(Generic[R]):
 
         :param timeout: seconds to wait; ``None`` waits as long as it takes.
         :raises JobFailed: the final attempt failed, or the job was dead-lettered.
-        :raises JobCancelled: the job was cancelled before it started.
+        :raises JobCancelled: the job was cancelled, or expired before it started.
         :raises JobNotFound: the queue knows no such job (or its result expired).
         :raises ResultTimeout: ``timeout`` passed first; the job goes on.
         :raises RedisUnavailable: Redis can't be reached, or the server does not speak Redis.
@@ -92,7 +92,8 @@ class Job(Generic[R]):
             raise ResultTimeout(f"job {self.id} not finished after {timeout} s") from None
         outcome = wire.decode_outcome(data)
         if outcome.cancelled:
-            raise JobCancelled(f"job {self.id} ({outcome.task}) was cancelled")
+            why = f": {outcome.error.message}" if outcome.error is not None else ""
+            raise JobCancelled(f"job {self.id} ({outcome.task}) was cancelled{why}")
         if not outcome.ok:
             err = outcome.error or wire.ErrorInfo(type="Error", message="unknown failure")
             raise JobFailed(

@@ -36,6 +36,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     :ivar timeout: seconds an attempt may run (overrides the task's).
     :ivar retries: attempts after the first (overrides the task's).
     :ivar result_ttl: seconds the result is kept (overrides the queue's).
+    :ivar expires: seconds after the submit (the producer's clock) past which the job is not
+        started: a worker that claims it later records it cancelled, with the reason.
     """
 
     key: str | None = None
@@ -44,6 +46,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float | None = None
     retries: int | None = None
     result_ttl: float | None = None
+    expires: float | None = None
 
     def validate(self) -> None:
         """:raises InvalidOptions: naming the first option out of range."""
@@ -69,6 +72,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
             not _number(self.result_ttl) or not self.result_ttl > 0
         ):
             raise InvalidOptions(f"result_ttl must be > 0 seconds, got {self.result_ttl!r}")
+        if self.expires is not None and (not _number(self.expires) or not self.expires > 0):
+            raise InvalidOptions(f"expires must be > 0 seconds, got {self.expires!r}")
 
 
 def _number(v: object) -> bool:

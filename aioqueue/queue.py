@@ -284,6 +284,7 @@ class Queue(Submits):
         timeout: float | None = None,
         retries: int | None = None,
         result_ttl: float | None = None,
+        expires: float | None = None,
     ) -> Submitter:
         """Submit with options: ``await queue.options(key="report-42", delay=5).submit(fn, x)``.
 
@@ -298,6 +299,7 @@ class Queue(Submits):
             timeout=timeout,
             retries=retries,
             result_ttl=result_ttl,
+            expires=expires,
         )
         return Submitter(self, opts)
 
@@ -333,6 +335,7 @@ class Queue(Submits):
                 raise td.unencodable(args, kwargs) from None
             raise unencodable_error(name, args, kwargs) from None
         job_id = new_job_id()
+        now = time.time()
         env = wire.Envelope(
             v=wire.WIRE_VERSION,
             id=job_id,
@@ -344,8 +347,9 @@ class Queue(Submits):
             priority=opts.priority,
             key=opts.key,
             result_ttl=opts.result_ttl,
-            submitted=time.time(),
+            submitted=now,
             trace=tracing.inject(),
+            expires=now + opts.expires if opts.expires is not None else None,
         )
         data = wire.encode(env)
         if len(data) > self.max_payload:

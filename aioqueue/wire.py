@@ -46,6 +46,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     result_ttl: float | None = None  # seconds; None: the queue's default
     submitted: float = 0.0  # producer's wall clock, for latency figures only
     trace: dict[str, str] | None = None  # W3C trace context current at submit (tracing.py)
+    expires: float | None = None  # the producer's wall clock past which it must not start
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -55,7 +56,7 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     message: str
     traceback: str = ""
     attempt: int = 0
-    kind: str = "raised"  # raised, timeout, crashed, lost, unknown_task, malformed
+    kind: str = "raised"  # raised, timeout, crashed, lost, unknown_task, malformed, expired
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -82,3 +82,23 @@ async def test_a_retry_or_release_after_a_cancel_is_a_cancel(
     assert sync_redis.zcard(k.pending) + sync_redis.zcard(k.scheduled) == 0
     assert not sync_redis.hexists(k.jobs, job.id) and not sync_redis.hexists(k.cancels, job.id)
     assert sync_redis.hget(k.stats, "cancelled") == b"1"
+
+
+async def test_an_expired_job_is_not_started(
+    queue: Queue, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """A job claimed after its expiry is recorded cancelled, with the reason, and never runs;
+    one within its expiry runs."""
+    ledger = tmp_path / "ledger"
+    late = await queue.options(expires=0.05).submit(tasks.record, str(ledger), "late")
+    fresh = await queue.options(expires=600).submit(tasks.record, str(ledger), "fresh")
+    expired_at = time.time() + 0.05
+    await eventually(lambda: time.time() > expired_at, 5, "the first job's expiry")
+    await start_worker()
+    with pytest.raises(aioqueue.JobCancelled, match="was cancelled: it expired .* before a wor"):
+        await late.result(timeout=20)
+    assert await fresh.result(timeout=20) == "fresh"
+    assert ledger.read_text().split()[::2] == ["fresh"]
+    assert await late.status() == "cancelled"
+    with pytest.raises(aioqueue.InvalidOptions, match="expires must be > 0 seconds, got 0"):
+        queue.options(expires=0)

@@ -62,18 +62,30 @@ class Outcomes:
     def release(self, held: Held) -> FinishItem:
         return FinishItem(held.id, held.token, "release", result=self._cancelled(held))
 
-    def cancelled(self, held: Held) -> FinishItem:
-        """A running job stopped because a producer cancelled it: no retry."""
+    def cancelled(self, held: Held, why: wire.ErrorInfo | None = None) -> FinishItem:
+        """A job stopped because a producer cancelled it, or never started because it expired
+        (``why``): no retry."""
         return FinishItem(
-            held.id, held.token, "cancel", result=self._cancelled(held),
+            held.id, held.token, "cancel", result=self._cancelled(held, why),
             ttl_ms=self._ttl_ms(held), dedup=self._dedup(held),
         )  # fmt: skip
 
-    def _cancelled(self, held: Held) -> bytes:
+    def expired(self, held: Held, expires: float) -> FinishItem:
+        """A job claimed after its expiry: recorded cancelled, with the reason, unrun."""
+        late = time.time() - expires
+        why = wire.ErrorInfo(
+            type="Expired", message=f"it expired {late:.3f} s before a worker could start it",
+            attempt=held.attempts, kind="expired",
+        )  # fmt: skip
+        log.info("job %s: %s expired %.3f s ago; not started", held.id, held.task, late,
+                 extra=job_fields(held, self.worker, "cancelled"))  # fmt: skip
+        return self.cancelled(held, why)
+
+    def _cancelled(self, held: Held, why: wire.ErrorInfo | None = None) -> bytes:
         """The outcome recorded if the job turns out to be cancelled (the finish script turns
         a retry or a release of a job whose cancel was asked into a cancel)."""
         outcome = wire.Outcome(
-            v=wire.WIRE_VERSION, task=held.task, ok=False, cancelled=True,
+            v=wire.WIRE_VERSION, task=held.task, ok=False, cancelled=True, error=why,
             attempts=held.attempts, finished=time.time(),
         )  # fmt: skip
         return wire.encode(outcome)

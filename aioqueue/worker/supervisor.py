@@ -297,6 +297,9 @@ class Worker:
             msg = f"job data can't be decoded: {exc}"
             self.job_done(held, self.outcomes.dead(held, "MalformedJob", msg, "malformed"))
             return
+        if env.expires is not None and time.time() > env.expires:
+            self.job_done(held, self.outcomes.expired(held, env.expires))
+            return
         td = q.tasks.get(env.task)
         if td is None:
             msg = f"no task named {env.task!r} in queue {q.name!r} (worker runs {self.spec})"
