@@ -27,6 +27,7 @@ from .queue import Queue as Queue
 from .sync import SyncJob as SyncJob
 from .sync import SyncQueue as SyncQueue
 from .sync import SyncSubmitter as SyncSubmitter
+from .wire import register_type as register_type
 
 __all__ = (
     "AioqueueError",
@@ -54,4 +55,5 @@ __all__ = (
     "SyncQueue",
     "SyncSubmitter",
     "UnknownTask",
+    "register_type",
 )

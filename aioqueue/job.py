@@ -99,7 +99,9 @@ class Job(Generic[R]):
             raise JobFailed(
                 self.id, outcome.task, err.type, err.message, err.traceback, outcome.attempts
             )
-        return msgspec.msgpack.decode(outcome.value, type=self._rtype)  # type: ignore[no-any-return]
+        return msgspec.msgpack.decode(  # type: ignore[no-any-return]
+            outcome.value, type=self._rtype, dec_hook=wire.dec_hook
+        )
 
     async def status(self) -> JobStatus:
         """Where the job is now."""

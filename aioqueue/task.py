@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from . import wire
 from .errors import ArgumentError, InvalidOptions, SerializationError
 
 __all__ = ("TaskDef", "task_name")
@@ -89,7 +90,7 @@ class TaskDef:
                     continue
                 try:
                     bound.arguments[pname] = msgspec.convert(
-                        value, hint, strict=strict, from_attributes=True
+                        value, hint, strict=strict, from_attributes=True, dec_hook=wire.dec_hook
                     )
                 except msgspec.ValidationError as exc:
                     raise ArgumentError(
@@ -159,7 +160,7 @@ def unencodable_error(
     )
     for pname, value in items:
         try:
-            msgspec.msgpack.encode(value)
+            wire.encode(value)
         except (TypeError, ValueError, OverflowError) as exc:
             return SerializationError(
                 f"{task}: argument {pname!r} of type {type(value).__name__} can't be encoded "

@@ -8,8 +8,12 @@ is unpickled or evaluated. The supervisor decodes an :class:`Envelope` with its 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
+
+T = TypeVar("T")
 
 __all__ = (
     "WIRE_VERSION",
@@ -92,7 +96,44 @@ class ChildReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     error: ErrorInfo | None = None
 
 
-_encoder = msgspec.msgpack.Encoder()
+_TYPES: dict[type, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {}
+
+
+def register_type(cls: type[T], *, encode: Callable[[T], Any], decode: Callable[[Any], T]) -> None:
+    """Teach aioqueue a type msgpack can't carry, for arguments and results alike.
+
+    ``encode`` turns a value into something msgpack can carry (bytes, numbers, strings, lists,
+    dicts); ``decode`` turns that back into the type. A task's argument or return value
+    annotated with the type (``def f(a: numpy.ndarray) -> numpy.ndarray``) arrives as the type;
+    where it is annotated ``Any`` or not at all, the encoded form arrives. Register at import
+    time of the module that defines the tasks, so that producers, workers and their children
+    all know it. Subclasses use their closest registered base's functions.
+    """
+    _TYPES[cls] = (encode, decode)
+
+
+def _enc_hook(obj: Any) -> Any:
+    for cls in type(obj).__mro__:
+        codec = _TYPES.get(cls)
+        if codec is not None:
+            return codec[0](obj)
+    raise TypeError(
+        f"encoding objects of type {type(obj).__qualname__} is unsupported: teach it to "
+        f"aioqueue with aioqueue.register_type({type(obj).__qualname__}, encode=..., decode=...)"
+    )
+
+
+def dec_hook(cls: type, obj: Any) -> Any:
+    """msgspec's hook for registered types (see :func:`register_type`)."""
+    if isinstance(obj, cls):  # converting a value that is the type already
+        return obj
+    codec = _TYPES.get(cls)
+    if codec is None:
+        raise NotImplementedError
+    return codec[1](obj)
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _envelope = msgspec.msgpack.Decoder(Envelope)
 _outcome = msgspec.msgpack.Decoder(Outcome)
 _error = msgspec.msgpack.Decoder(ErrorInfo)

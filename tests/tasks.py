@@ -6,11 +6,12 @@ import ctypes
 import os
 import signal
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import msgspec
 
-from aioqueue import Queue
+from aioqueue import Queue, register_type
 
 # A test breaks this module's import (as a bad deploy would) by creating the file named here.
 _BREAK = os.environ.get("AIOQUEUE_TEST_BREAK_IMPORT")
@@ -23,6 +24,12 @@ queue = Queue(os.environ.get("AIOQUEUE_TEST_QUEUE", "tests"))
 class Point(msgspec.Struct):
     x: int
     y: int
+
+
+# A type msgpack can't carry, taught to aioqueue (producers, workers and children import this).
+register_type(
+    Fraction, encode=lambda f: [f.numerator, f.denominator], decode=lambda v: Fraction(*v)
+)
 
 
 @queue.task
@@ -138,3 +145,16 @@ def echo(value):  # type: ignore[no-untyped-def]
 async def add_async(a: int, b: int) -> int:
     """An ``async def`` task: its child runs it to completion on an event loop of its own."""
     return a + b
+
+
+@queue.task
+def halve(x: Fraction) -> Fraction:
+    """A registered type as argument and result."""
+    return x / 2
+
+
+@queue.task
+def union(a: set[int], b: set[int]) -> set[int]:
+    """Sets travel as arrays; annotated, they arrive and return as sets."""
+    assert isinstance(a, set) and isinstance(b, set)
+    return a | b
