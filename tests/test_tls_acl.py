@@ -229,10 +229,11 @@ async def test_tls_untrusted_server_is_a_clear_error(
 
 #: Commands a producer or worker sends itself: the connection set-up redis-py 8 makes (``HELLO 3
 #: AUTH``, ``PING``), scripts (run by SHA, loaded again after a restart or ``SCRIPT FLUSH``),
-#: the worker's blocking wait, the producer's reads, and the result subscription.
+#: the worker's blocking wait, periodic schedules and goodbye, the producer's reads, and the
+#: result subscription.
 TOP_LEVEL = (
-    "+hello +auth +ping +evalsha +script|load +blpop +exists +hmget +mget +hdel +zrem "
-    "+subscribe +unsubscribe"
+    "+hello +auth +ping +evalsha +script|load +blpop +time +hgetall +hset +hdel +zrem +exists "
+    "+hmget +mget +subscribe +unsubscribe"
 )
 
 #: Commands the scripts call (``aioqueue/lua/*.lua``): Redis checks each against the caller's ACL.
@@ -252,11 +253,10 @@ def queue_rule(queue: str, *, channel: bool = True, registry: bool = True) -> li
     producers and workers of ``queue`` and nothing else, on Redis 7.0 (for ``orders``)::
 
         resetkeys ~aioqueue:{orders}:* resetchannels &aioqueue:{orders}:done
-        -@all +hello +auth +ping +evalsha +script|load +blpop +exists +hmget +mget +hdel +zrem
-        +subscribe +unsubscribe
-        +del +exists +get +hdel +hexists +hget +hgetall +hincrby +hset +llen +persist +pexpire
-        +publish +rpush +set +time +zadd +zcard +zcount +zpopmin +zrange +zrangebyscore +zrem
-        +zremrangebyscore +zscore
+        -@all +hello +auth +ping +evalsha +script|load +blpop +mget +hmget +subscribe
+        +unsubscribe +del +exists +get +hdel +hexists +hget +hgetall +hincrby +hset +llen
+        +persist +pexpire +publish +rpush +set +time +zadd +zcard +zcount +zpopmin +zrange
+        +zrangebyscore +zrem +zremrangebyscore +zscore
         "(%W~aioqueue:queues +sadd)"
 
     Key patterns match ``{`` and ``}`` literally. The selector at the end lets the user add its
