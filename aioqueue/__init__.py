@@ -10,6 +10,7 @@ from .errors import JobCancelled as JobCancelled
 from .errors import JobFailed as JobFailed
 from .errors import JobNotFound as JobNotFound
 from .errors import PayloadTooLarge as PayloadTooLarge
+from .errors import QueueFull as QueueFull
 from .errors import RedisOutOfMemory as RedisOutOfMemory
 from .errors import RedisRefused as RedisRefused
 from .errors import RedisUnavailable as RedisUnavailable
@@ -44,6 +45,7 @@ __all__ = (
     "Options",
     "PayloadTooLarge",
     "Queue",
+    "QueueFull",
     "QueueInfo",
     "RedisOutOfMemory",
     "RedisRefused",

@@ -1,21 +1,35 @@
-"""Submits travel together: the producer's coalescer, between ``Queue.submit`` and the script.
+"""The submit path below ``Queue.submit``: a job checked and encoded, submits joined, room.
 
-A submit with none other on its way is sent at once, from its caller's task: no extra turn of
-the event loop, no task. Submits made while one is on its way, or in the same turn of the loop,
-are joined and sent together, :data:`MAX_BATCH` jobs per script call, so many coroutines
-submitting at once cost a round trip or two, not one each.
+:func:`prepare` checks a job against its task and encodes it. The :class:`Coalescer` sends
+prepared jobs: a submit with none other on its way is sent at once, from its caller's task (no
+extra turn of the event loop, no task); submits made while one is on its way, or in the same
+turn of the loop, are joined and sent together, :data:`MAX_BATCH` jobs per script call, so many
+coroutines submitting at once cost a round trip or two, not one each. When a queue with a
+``max_pending`` bound is full, :meth:`Coalescer.until_room` sends the refused jobs again (same
+ids: a job never goes in twice) whenever a claim makes room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-__all__ = ("MAX_BATCH", "Coalescer", "Prepared", "Reply")
+import msgspec
+
+from . import tracing, wire
+from .errors import PayloadTooLarge
+from .job import new_job_id
+from .options import NO_OPTIONS, Options
+from .task import TaskDef, unencodable_error
+
+__all__ = ("MAX_BATCH", "Coalescer", "Prepared", "Reply", "prepare")
 
 MAX_BATCH = 1000  # jobs per submit script call
 
-Reply = tuple[str, bool]  # (job id, created) per submitted job
+Reply = tuple[str, int]  # per job: its id, and 1 created, 0 a duplicate, -1 no room (see scripts)
 
 
 class Prepared:
@@ -29,6 +43,55 @@ class Prepared:
         self.priority = priority
         self.delay_ms = delay_ms
         self.key = key
+
+
+def prepare(
+    name: str,
+    td: TaskDef | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    opts: Options,
+    max_payload: int,
+) -> Prepared:
+    """Check a job's options and arguments against its task, and encode it.
+
+    :raises InvalidOptions, ArgumentError, SerializationError, PayloadTooLarge: nothing sent.
+    """
+    if opts is not NO_OPTIONS:
+        opts.validate()
+    if td is not None:
+        args, kwargs = td.check(args, kwargs)
+    try:
+        raw_args = wire.encode(list(args)) if args else None
+        raw_kwargs = wire.encode(kwargs) if kwargs else None
+    except (TypeError, ValueError, OverflowError):
+        if td is not None:
+            raise td.unencodable(args, kwargs) from None
+        raise unencodable_error(name, args, kwargs) from None
+    job_id = new_job_id()
+    now = time.time()
+    env = wire.Envelope(
+        v=wire.WIRE_VERSION,
+        id=job_id,
+        task=name,
+        args=msgspec.Raw(raw_args) if raw_args is not None else wire.EMPTY_ARGS,
+        kwargs=msgspec.Raw(raw_kwargs) if raw_kwargs is not None else wire.EMPTY_KWARGS,
+        retries=opts.retries if opts.retries is not None else (td.retries if td else None),
+        timeout=opts.timeout if opts.timeout is not None else (td.timeout if td else None),
+        priority=opts.priority,
+        key=opts.key,
+        result_ttl=opts.result_ttl,
+        submitted=now,
+        trace=tracing.inject(),
+        expires=now + opts.expires if opts.expires is not None else None,
+    )
+    data = wire.encode(env)
+    if len(data) > max_payload:
+        raise PayloadTooLarge(
+            f"{name}: encoded job is {len(data):,} bytes, over the queue's "
+            f"max_payload limit of {max_payload:,} bytes"
+        )
+    return Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key)
 
 
 class Coalescer:
@@ -65,6 +128,26 @@ class Coalescer:
         if errors:
             raise errors[0] or asyncio.CancelledError()
         return [f.result() for f in futs]
+
+    async def until_room(
+        self, prepared: list[Prepared], replies: list[Reply], room: Callable[[], asyncio.Event]
+    ) -> list[Reply]:
+        """Send the jobs a full queue refused (reply -1) again each time a claim makes room
+        (``room()``, taken before each send so that no claim's signal is missed), or at the
+        latest after a backoff of up to 2 s, until all are in."""
+        wait = 0.05
+        while True:
+            full = [i for i, (_, r) in enumerate(replies) if r < 0]
+            if not full:
+                return replies
+            signal = room()
+            for i, reply in zip(full, await self.submit([prepared[i] for i in full]), strict=True):
+                replies[i] = reply
+            if any(r < 0 for _, r in replies):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await signal.wait()
+                wait = min(wait * 2, 2.0)
 
     async def drain(self) -> None:
         """Wait for the batches on their way."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._text import count
 
 __all__ = (
@@ -13,6 +15,7 @@ __all__ = (
     "JobFailed",
     "JobNotFound",
     "PayloadTooLarge",
+    "QueueFull",
     "RedisOutOfMemory",
     "RedisRefused",
     "RedisUnavailable",
@@ -100,6 +103,15 @@ class RedisRefused(AioqueueError):
 
 class RedisOutOfMemory(AioqueueError):
     """Raised when Redis refuses a write because it reached ``maxmemory`` (nothing was written)."""
+
+
+class QueueFull(AioqueueError):
+    """Raised by a submit with ``block=False`` when the queue holds ``max_pending`` waiting
+    jobs; ``jobs`` are the handles of the jobs of that call that were submitted."""
+
+    def __init__(self, message: str, jobs: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.jobs = jobs or []
 
 
 class BlockingCallInLoop(AioqueueError, RuntimeError):

@@ -30,7 +30,7 @@ class Keys:
     __slots__ = (
         "prefix", "jobs", "pending", "scheduled", "priority", "attempts", "tokens",
         "leases", "dead", "errors", "wake", "workers", "worker_info", "stats", "done_channel",
-        "paused", "schedules", "cancels",
+        "paused", "schedules", "cancels", "full",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -52,6 +52,7 @@ class Keys:
         self.done_channel = p + "done"
         self.paused = p + "paused"  # exists while the queue is paused: workers claim nothing
         self.cancels = p + "cancels"  # id -> ms: a cancel asked of a running job
+        self.full = p + "full"  # exists while a producer waits for room (max_pending)
         self.schedules = p + "schedules"  # name -> last tick fired (ms); name:next, name:about
 
     def result(self, job_id: str) -> str:

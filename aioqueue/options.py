@@ -38,6 +38,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     :ivar result_ttl: seconds the result is kept (overrides the queue's).
     :ivar expires: seconds after the submit (the producer's clock) past which the job is not
         started: a worker that claims it later records it cancelled, with the reason.
+    :ivar block: when the queue has a ``max_pending`` bound and is full, wait for room (the
+        default), or raise :class:`~aioqueue.errors.QueueFull` at once.
     """
 
     key: str | None = None
@@ -47,6 +49,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     retries: int | None = None
     result_ttl: float | None = None
     expires: float | None = None
+    block: bool = True
 
     def validate(self) -> None:
         """:raises InvalidOptions: naming the first option out of range."""

@@ -14,19 +14,25 @@ from typing import Any, ParamSpec, TypeVar, overload
 import msgspec
 from redis.asyncio import Redis
 
-from . import connect, tracing, wire
-from ._coalesce import Coalescer, Prepared, Reply
+from . import connect, wire
+from ._coalesce import Coalescer, Prepared, Reply, prepare
 from ._redis import call_redis, check_url
-from .errors import AioqueueError, InvalidOptions, JobNotFound, PayloadTooLarge, UnknownTask
+from .errors import (
+    AioqueueError,
+    InvalidOptions,
+    JobNotFound,
+    QueueFull,
+    UnknownTask,
+)
 from .info import DeadLetter, QueueInfo
-from .job import Job, JobStatus, new_job_id, status_of
+from .job import Job, JobStatus, status_of
 from .keys import REGISTRY, Keys, validate_queue_name
 from .options import NO_OPTIONS, Options, Spec, Submits, Submitter
 from .results import Results
 from .schedule import Misfire, Schedule
 from .scripts import NewJob, Scripts
 from .sync import SyncQueue
-from .task import TaskDef, task_name, unencodable_error
+from .task import TaskDef, task_name
 
 __all__ = ("Queue",)
 
@@ -63,6 +69,9 @@ class Queue(Submits):
         beyond it wait for a free one.
     :param dead_ttl: seconds a dead-lettered job is kept (default 7 days).
     :param max_dead: most dead-lettered jobs kept; beyond it the oldest are dropped first.
+    :param max_pending: most jobs waiting (pending and scheduled) the queue takes; a submit
+        beyond it waits for workers to make room (or raises :class:`~aioqueue.QueueFull`
+        with ``options(block=False)``). None: no bound.
     :raises InvalidOptions: naming the setting out of range, or a URL Redis can't use.
     """
 
@@ -78,6 +87,7 @@ class Queue(Submits):
         max_connections: int = 50,
         dead_ttl: float = DEFAULT_DEAD_TTL,
         max_dead: int = DEFAULT_MAX_DEAD,
+        max_pending: int | None = None,
     ) -> None:
         try:
             self.name = validate_queue_name(name)
@@ -90,6 +100,8 @@ class Queue(Submits):
         _int_at_least("redis_retries", redis_retries, 0)
         _int_at_least("max_connections", max_connections, 1)
         _int_at_least("max_dead", max_dead, 1)
+        if max_pending is not None:
+            _int_at_least("max_pending", max_pending, 1)
         url = redis_url or os.environ.get("AIOQUEUE_REDIS_URL") or DEFAULT_URL
         self.redis_url = check_url(url)
         self.result_ttl = result_ttl
@@ -99,6 +111,7 @@ class Queue(Submits):
         self.max_connections = max_connections
         self.dead_ttl = dead_ttl
         self.max_dead = max_dead
+        self.max_pending = max_pending
         self.keys = Keys(name)
         self.tasks: dict[str, TaskDef] = {}
         self.schedules: dict[str, Schedule] = {}  # fired by the workers serving the queue
@@ -285,6 +298,7 @@ class Queue(Submits):
         retries: int | None = None,
         result_ttl: float | None = None,
         expires: float | None = None,
+        block: bool = True,
     ) -> Submitter:
         """Submit with options: ``await queue.options(key="report-42", delay=5).submit(fn, x)``.
 
@@ -300,6 +314,7 @@ class Queue(Submits):
             retries=retries,
             result_ttl=result_ttl,
             expires=expires,
+            block=block,
         )
         return Submitter(self, opts)
 
@@ -313,7 +328,16 @@ class Queue(Submits):
         if not self._registered:
             await self._register_once()
         replies = await self._coalescer.submit(prepared)
-        return [Job(self, job_id, rtype, created, epoch) for job_id, created in replies]
+        full = sum(r < 0 for _, r in replies)
+        if full and not calls[0][2].block:
+            raise QueueFull(
+                f"queue {self.name!r} holds {self.max_pending:,} waiting jobs (its max_pending):"
+                f" {full} of {len(replies)} job(s) not submitted",
+                [Job(self, i, rtype, r == 1, epoch) for i, r in replies if r >= 0],
+            )
+        if full:
+            replies = await self._coalescer.until_room(prepared, replies, self._results.room)
+        return [Job(self, job_id, rtype, r == 1, epoch) for job_id, r in replies]
 
     def _prepare(
         self,
@@ -323,41 +347,7 @@ class Queue(Submits):
         kwargs: dict[str, Any],
         opts: Options,
     ) -> Prepared:
-        if opts is not NO_OPTIONS:
-            opts.validate()
-        if td is not None:
-            args, kwargs = td.check(args, kwargs)
-        try:
-            raw_args = wire.encode(list(args)) if args else None
-            raw_kwargs = wire.encode(kwargs) if kwargs else None
-        except (TypeError, ValueError, OverflowError):
-            if td is not None:
-                raise td.unencodable(args, kwargs) from None
-            raise unencodable_error(name, args, kwargs) from None
-        job_id = new_job_id()
-        now = time.time()
-        env = wire.Envelope(
-            v=wire.WIRE_VERSION,
-            id=job_id,
-            task=name,
-            args=msgspec.Raw(raw_args) if raw_args is not None else wire.EMPTY_ARGS,
-            kwargs=msgspec.Raw(raw_kwargs) if raw_kwargs is not None else wire.EMPTY_KWARGS,
-            retries=opts.retries if opts.retries is not None else (td.retries if td else None),
-            timeout=opts.timeout if opts.timeout is not None else (td.timeout if td else None),
-            priority=opts.priority,
-            key=opts.key,
-            result_ttl=opts.result_ttl,
-            submitted=now,
-            trace=tracing.inject(),
-            expires=now + opts.expires if opts.expires is not None else None,
-        )
-        data = wire.encode(env)
-        if len(data) > self.max_payload:
-            raise PayloadTooLarge(
-                f"{name}: encoded job is {len(data):,} bytes, over the queue's "
-                f"max_payload limit of {self.max_payload:,} bytes"
-            )
-        return Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key)
+        return prepare(name, td, args, kwargs, opts, self.max_payload)
 
     # -- script calls: one method each -----------------------------------------------------
 
@@ -365,7 +355,7 @@ class Queue(Submits):
         """Run the submit script for these jobs; per job, its id (the original job's, when a
         de-duplication key matched) and whether it was created."""
         jobs = [NewJob(p.id, p.data, p.priority, p.delay_ms, p.key) for p in prepared]
-        return await self.scripts.submit(jobs)
+        return await self.scripts.submit(jobs, self.max_pending or 0)
 
     async def _outcomes(self, job_ids: list[str]) -> list[Any]:
         """Per id, in one step: the outcome bytes, else True if the job exists, else False."""

@@ -56,6 +56,7 @@ class Results:
         self._warned = False
         self._epoch = 0  # bumped at each (re)subscribe
         self._recent: OrderedDict[str, None] = OrderedDict()  # finished ids nobody waited for
+        self._room = asyncio.Event()  # set (and replaced) when a claim makes room
 
     @property
     def mode(self) -> str:
@@ -219,9 +220,21 @@ class Results:
             if msg.get("type") == "message":
                 self._finished(msg["data"])
 
+    def room(self) -> asyncio.Event:
+        """An event set when a claim next makes room in a full queue (the listener is started
+        if it isn't; until it subscribes, a claim's message is missed: wait with a timeout)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._listen())
+        return self._room
+
     def _finished(self, data: bytes | str) -> None:
         """A finish announcement: outcomes that travel in it go to their waiters at once; the
-        other ids are read in one round trip (with any others of this turn of the loop)."""
+        other ids are read in one round trip (with any others of this turn of the loop). The
+        one byte 2 says a claim made room in a full queue."""
+        if data == b"\x02":
+            self._room.set()
+            self._room = asyncio.Event()
+            return
         try:
             jobs = parse_announcement(data)
         except ValueError as exc:

@@ -253,17 +253,18 @@ class Scripts:
 
     # -- producer --------------------------------------------------------------------------
 
-    async def submit(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
-        """Add jobs; per job, the id holding the work and whether it is this job (a
-        de-duplication key held by another job gives that one's id and False)."""
+    async def submit(self, jobs: Sequence[NewJob], bound: int = 0) -> list[tuple[str, int]]:
+        """Add jobs; per job, the id holding the work and 1 if it is this job, 0 if a
+        de-duplication key held by another job gave that one's id, -1 if the queue held
+        ``bound`` waiting jobs already (0: no bound) and nothing was written for it."""
         k = self.keys
-        keys = [k.jobs, k.pending, k.scheduled, k.priority, k.wake]
-        args: list[Any] = []
+        keys = [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full]
+        args: list[Any] = [bound]
         for j in jobs:
             keys += [k.result(j.id), k.dedup(j.key) if j.key is not None else k.jobs]
             args += [j.id, j.data, j.priority, j.delay_ms, "1" if j.key is not None else "0"]
         reply = await self._run("submit", keys, args)
-        return [(to_str(reply[i]), bool(reply[i + 1])) for i in range(0, len(reply), 2)]
+        return [(to_str(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
     async def tick(self, schedule: str, tick_ms: int, job: NewJob | None) -> bool:
         """Record a schedule's tick as fired and submit its ``job`` (None: record only), in
@@ -271,7 +272,8 @@ class Scripts:
         k = self.keys
         keys, args = [k.schedules], [schedule, tick_ms]
         if job is not None:
-            keys += [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.result(job.id), k.jobs]
+            keys += [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full,
+                     k.result(job.id), k.jobs]  # fmt: skip
             args += [job.id, job.data, job.priority, job.delay_ms, "0"]
         return bool(await self._run("tick", keys, args))
 
@@ -375,8 +377,8 @@ class Scripts:
         """
         ks = self.keys
         claim_keys = [ks.pending, ks.scheduled, ks.priority, ks.jobs, ks.attempts, ks.tokens,
-                      ks.leases, ks.wake, ks.stats, ks.paused]  # fmt: skip
-        claim_args: list[Any] = [k, lease_ms, f"{holder}:", receipt.call]
+                      ks.leases, ks.wake, ks.stats, ks.paused, ks.full]  # fmt: skip
+        claim_args: list[Any] = [k, lease_ms, f"{holder}:", receipt.call, ks.done_channel]
         if not finish:
             return [], _claim_reply(await self._run("claim", claim_keys, claim_args, receipt))
         fk, fa = self._finish_call(finish, *dead)

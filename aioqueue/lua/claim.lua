@@ -10,7 +10,9 @@
 -- KEYS[8] wake       list   wake-up tokens
 -- KEYS[9] stats      hash   counters
 -- KEYS[10] paused    string exists while the queue is paused
--- ARGV[1] k (max jobs to claim), ARGV[2] lease_ms, ARGV[3] token prefix, ARGV[4] first token seq
+-- KEYS[11] full      string exists while a producer waits for room (see submit.lua)
+-- ARGV[1] k (max jobs to claim), ARGV[2] lease_ms, ARGV[3] token prefix, ARGV[4] first token seq,
+-- ARGV[5] the done channel, where a claim that made room says so (a message of one byte, 2)
 -- Returns {ms until the next scheduled job or -1, stale ids skipped, 1 if paused else 0, then
 --          per claimed job: id, token, attempts, envelope}
 -- While paused, due scheduled jobs are still promoted (they keep their schedule), but nothing is
@@ -58,6 +60,9 @@ if k > 0 then
   end
   if stale > 0 then
     redis.call('HINCRBY', KEYS[9], 'stale', stale)
+  end
+  if #popped > 0 and redis.call('DEL', KEYS[11]) == 1 then
+    redis.call('PUBLISH', ARGV[5], '\2')  -- room for the producers that wait
   end
 end
 out[2] = stale

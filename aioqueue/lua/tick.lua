@@ -15,5 +15,6 @@ if #ARGV == 2 then
 end
 local k, a = {}, {}
 for i = 2, #KEYS do k[#k + 1] = KEYS[i] end
+a[1] = '0'  -- a schedule's tick is submitted whatever the queue's bound
 for i = 3, #ARGV do a[#a + 1] = ARGV[i] end
 return run_submit(k, a)
