@@ -402,14 +402,24 @@ async def test_restricted_user_runs_producer_and_worker(
 async def test_admin_commands_as_restricted_user_fail_clearly(
     acl_server: RedisServer, acl_admin: redis.Redis
 ) -> None:
-    """``aioqueue info`` with no queue named (the registry can't be read) and ``aioqueue doctor``
-    (INFO is refused) end with a one-line error naming the refused command, not a traceback."""
+    """``aioqueue info`` with no queue named says the registry can't be read by this user and
+    to name the queue; ``aioqueue doctor`` (INFO is refused) ends with a one-line error naming
+    the refused command; no traceback. ``pause``/``resume`` of a named queue work, and ``info``
+    and ``submit`` as well without the registry rule."""
     url = user_url(acl_server, acl_admin, "orders", queue_rule("orders"))
-    for args, refused in ((["info"], "smembers"), (["doctor", "orders"], "info")):
+    code, out = await run_admin(url, "info")
+    assert code == 1 and "can't read the registry of queues" in out and "name the" in out, out
+    code, out = await run_admin(url, "doctor", "orders")
+    assert "Traceback" not in out, out
+    if code != 0:  # a later version may answer what it can instead
+        assert code == 1 and "'info'" in out and "orders:***@" in out, out
+    for args in (["pause", "orders"], ["resume", "orders"]):
         code, out = await run_admin(url, *args)
-        assert "Traceback" not in out, out
-        if code != 0:  # a later version may answer what it can instead
-            assert code == 1 and f"'{refused}'" in out and "orders:***@" in out, out
+        assert code == 0 and "Traceback" not in out, out
+    bare = user_url(acl_server, acl_admin, "orders", queue_rule("orders", registry=False))
+    for args in (["info", "orders"], ["submit", "orders", "tests.tasks.noop"]):
+        code, out = await run_admin(bare, *args)
+        assert code == 0 and "Traceback" not in out, (args, out)
 
 
 #: Commands with a reach beyond one queue's keys: listing, scanning, flushing, reconfiguring,
@@ -512,3 +522,23 @@ async def test_producer_without_channel_or_registry_checks_jobs_quietly(
         ("orders-producer", "command", "toplevel", "sadd"),
         ("orders-producer", "channel", "toplevel", Keys("orders").done_channel),
     }
+
+
+async def test_worker_without_the_channel_refuses_to_start(
+    acl_server: RedisServer, acl_admin: redis.Redis, tmp_path: Path
+) -> None:
+    """A worker whose user may not publish finished jobs would see every finish script fail
+    after its writes: it exits 1 at start, naming the missing channel rule, having claimed
+    nothing."""
+    url = user_url(acl_server, acl_admin, "orders", queue_rule("orders", channel=False))
+    acl_admin.hset(Keys("orders").jobs, "x", b"-")  # something it must not claim
+    w = WorkerProcess(url, tmp_path / "w.log", processes=1, env={"AIOQUEUE_TEST_QUEUE": "orders"})
+    w.start()
+    try:
+        assert await w.exited(WAIT) == 1
+    finally:
+        w.stop()
+    out = w.output()
+    assert "may not PUBLISH to aioqueue:{orders}:done" in out
+    assert "(ACL rule &aioqueue:{orders}:done)" in out and "Traceback" not in out
+    assert acl_admin.zcard(Keys("orders").leases) == 0

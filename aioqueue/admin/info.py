@@ -27,7 +27,7 @@ async def queue_info(session: Session, name: str) -> dict[str, Any]:
     q = session.queue(name)
     o = await q.scripts.overview()
     if _has_data(o):
-        await q.register()
+        await session.register(q)
     now = o.now_ms / 1000
     oldest = min(o.level_heads, default=None)
     created = id_time(oldest) if oldest else None

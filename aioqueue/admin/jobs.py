@@ -119,7 +119,7 @@ def job_blocks(d: dict[str, Any], tracebacks: bool = True) -> list[Block]:
 async def job(session: Session, out: Output, job_id: str, queue: str | None) -> int:
     """Show one job in full."""
     q, row = await session.find(job_id, queue)
-    await q.register()
+    await session.register(q)
     d = job_data(q.name, job_id, row)
     out.emit(d, job_blocks(d))
     return 0
@@ -158,7 +158,7 @@ async def submit(
 ) -> int:
     """Submit one job by task name; print its id."""
     q = session.queue(queue)
-    await q.register()
+    await session.register(q)
     handle = await q.options(**options).submit(task, *args, **kwargs)
     d = {"id": handle.id, "queue": queue, "task": task, "created": handle.created}
     text = f"submitted {handle.id} to queue {queue}"

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from .. import connect
 from .._redis import call_redis, check_url, safe_url, to_str
-from ..errors import AioqueueError
+from ..errors import AioqueueError, RedisRefused
 from ..keys import REGISTRY
 from ..queue import DEFAULT_URL, Queue
 from ..views import JobRow
@@ -45,9 +45,27 @@ class Session:
         return self._queues[name]
 
     async def registered(self) -> list[str]:
-        """The names in the registry of queues, sorted."""
-        names = await call_redis(self.redis.smembers(REGISTRY), self.url)
+        """The names in the registry of queues, sorted.
+
+        :raises CommandError: the Redis user may not read the registry (a user confined to one
+            queue's keys): then name the queues.
+        """
+        try:
+            names = await call_redis(self.redis.smembers(REGISTRY), self.url)
+        except RedisRefused as exc:
+            raise CommandError(
+                f"this Redis user can't read the registry of queues ({REGISTRY}): name the "
+                f"queue(s) to use ({exc})"
+            ) from None
         return sorted(to_str(n) for n in names)
+
+    async def register(self, q: Queue) -> None:
+        """Add the queue to the registry, as its producers do: best effort (a user confined to
+        one queue's keys may not write it)."""
+        try:
+            await q.register()
+        except RedisRefused:
+            pass
 
     async def names(self, given: Sequence[str] | None) -> list[str]:
         """The queues named, else every registered one.

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from redis.exceptions import NoPermissionError
 
 from .. import tracing, wire
 from .._redis import safe_url
@@ -151,7 +152,8 @@ class Worker:
             raise WorkerFailed(self.failure)
 
     async def _serve(self, tg: anyio.abc.TaskGroup) -> None:
-        await self._check_redis()
+        if not await self._check_redis():
+            return
         tg.start_soon(heartbeat_loop, self)
         tg.start_soon(recovery_loop, self)
         tg.start_soon(schedule_loop, self)
@@ -235,17 +237,31 @@ class Worker:
             self._idle = anyio.Event()
             await self._idle.wait()
 
-    async def _check_redis(self) -> None:
+    async def _check_redis(self) -> bool:
         """At start: put the queue in the registry of queues (best effort: an ACL user may lack
-        the right, Redis may be down), and warn when Redis may evict the queue's keys."""
+        the right, Redis may be down), refuse to serve as a user that may not publish finished
+        jobs (False: :attr:`failure` says why), and warn when Redis may evict the queue's keys.
+        """
         try:
             await self.redis.sadd(REGISTRY, self.queue.name)
         except Exception as exc:
             log.debug("queue %r not added to the registry: %s", self.queue.name, exc)
+        channel = self.keys.done_channel
+        try:  # an empty message: waiters ignore it
+            await self.redis.publish(channel, b"")
+        except NoPermissionError as exc:  # the finish script would fail after its writes
+            self.failure = (
+                f"this Redis user may not PUBLISH to {channel}, where workers announce finished "
+                f"jobs: allow it (ACL rule &{channel}) ({exc})"
+            )
+            log.error("%s", self.failure)
+            return False
+        except Exception:  # Redis down: the loops retry
+            pass
         try:
             policy = await self.redis.config_get("maxmemory-policy")
         except Exception:  # CONFIG may be denied by ACL, or Redis may be down; then we can't tell
-            return
+            return True
         items: dict[Any, Any] = dict(policy)
         value = {_str(k): _str(v) for k, v in items.items()}.get("maxmemory-policy")
         if value != "noeviction":
@@ -254,6 +270,7 @@ class Worker:
                 "set it to noeviction",
                 value,
             )
+        return True
 
     # -- capacity --------------------------------------------------------------------------
 
