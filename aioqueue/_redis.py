@@ -63,6 +63,11 @@ def as_error(exc: Exception, url: str) -> Exception:
     if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
         return RedisUnavailable(f"{where} refused the credentials: {type(exc).__name__}: {exc}")
     if isinstance(exc, TRANSIENT):  # CLUSTERDOWN and TRYAGAIN are error replies too
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return RedisUnavailable(
+                f"{where}: its TLS certificate was not accepted (check ssl_ca_certs and the host "
+                f"name in the URL): {type(exc).__name__}: {exc}"
+            )
         return RedisUnavailable(f"{where} is unavailable: {type(exc).__name__}: {exc}")
     if isinstance(exc, rex.ResponseError):
         # Redis 7 replies OOM (redis-py's OutOfMemoryError); a script on Redis 6 wraps it

@@ -27,6 +27,7 @@ sent. Through Sentinel, each new connection asks the Sentinels for the current m
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlencode
@@ -186,7 +187,7 @@ def client(
         "health_check_interval": 30,
     }
     wait = connect_timeout + socket_timeout
-    retry = Retry(_BACKOFF, retries)
+    retry = _Retry(_BACKOFF, retries)
     if target.kind == "server":
         pool = BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=wait, retry=retry,
@@ -303,6 +304,39 @@ class _SentinelMaster(Redis):
         finally:
             if self._watchers is not None:
                 await self._watchers.aclose()
+
+
+class _Retry(Retry):
+    """redis-py's retry of a failed command, less the failures no retry cures: a server whose
+    TLS certificate was not accepted fails at once rather than after every backoff."""
+
+    async def call_with_retry(
+        self,
+        do: Any,
+        fail: Any,
+        is_retryable: Any = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        def retryable(exc: Exception) -> bool:
+            if refused_certificate(exc):
+                return False
+            return is_retryable is None or bool(is_retryable(exc))
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def refused_certificate(exc: BaseException) -> bool:
+    """True if ``exc`` (or an error it was raised from) is a failed TLS certificate check."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            seen
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _sentinel_master(

@@ -22,6 +22,7 @@ from .errors import (
     InvalidOptions,
     JobNotFound,
     QueueFull,
+    RedisUnavailable,
     UnknownTask,
 )
 from .info import DeadLetter, QueueInfo
@@ -473,6 +474,9 @@ class Queue(Submits):
         self._registered = True
         try:
             await self.register()
+        except RedisUnavailable:  # the submit would wait for the same Redis again: fail now
+            self._registered = False
+            raise
         except AioqueueError as exc:
             log.debug("queue %r not added to the registry: %s", self.name, exc)
 

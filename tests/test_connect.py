@@ -135,3 +135,40 @@ async def test_no_sentinel_answering_names_them_and_the_service() -> None:
     with pytest.raises(RedisUnavailable) as info:
         await q.__aenter__()
     assert f"no Sentinel of 127.0.0.1:{port} names a live master for 'mymaster'" in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_refused_certificate_is_not_retried() -> None:
+    """A lost link is retried; a server certificate that was not accepted is not (no retry
+    cures it): the error comes at once instead of after every backoff."""
+    import ssl
+
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as LinkError
+
+    retry = connect._Retry(NoBackoff(), 5)
+    calls = 0
+
+    async def fail(exc: Exception) -> None:
+        pass
+
+    async def lost() -> None:
+        nonlocal calls
+        calls += 1
+        raise LinkError("connection reset")
+
+    async def refused() -> None:
+        nonlocal calls
+        calls += 1
+        try:
+            raise ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] verify failed")
+        except ssl.SSLError as exc:
+            raise LinkError("Error connecting") from exc
+
+    with pytest.raises(LinkError):
+        await retry.call_with_retry(lost, fail)
+    assert calls == 6
+    calls = 0
+    with pytest.raises(LinkError):
+        await retry.call_with_retry(refused, fail)
+    assert calls == 1
