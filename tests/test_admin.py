@@ -258,6 +258,7 @@ async def test_doctor_flags_persistence_and_eviction(
     finally:
         sync_redis.config_set("maxmemory-policy", before)
     found = {f["check"]: f for f in r.json["findings"]}
+    assert found["acl"]["level"] == "note" and "no queue named" in found["acl"]["detail"]
     assert found["maxmemory-policy"]["level"] == "risk"
     assert found["maxmemory-policy"]["fix"] == "maxmemory-policy noeviction"
 
