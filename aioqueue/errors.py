@@ -106,8 +106,8 @@ class RedisOutOfMemory(AioqueueError):
 
 
 class QueueFull(AioqueueError):
-    """Raised by a submit with ``block=False`` when the queue holds ``max_pending`` waiting
-    jobs; ``jobs`` are the handles of the jobs of that call that were submitted."""
+    """Raised when a submit with ``block=False`` finds the queue holding ``max_pending``
+    waiting jobs; ``jobs`` are the handles of the jobs of that call that were submitted."""
 
     def __init__(self, message: str, jobs: list[Any] | None = None) -> None:
         super().__init__(message)
