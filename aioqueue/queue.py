@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
@@ -15,12 +13,12 @@ import msgspec
 from redis.asyncio import Redis
 
 from . import connect, wire
+from ._cancel import cancel_jobs, envelopes, matching
 from ._coalesce import Coalescer, Prepared, Reply, prepare
 from ._redis import call_redis, check_url
 from .errors import (
     AioqueueError,
     InvalidOptions,
-    JobNotFound,
     QueueFull,
     RedisUnavailable,
     UnknownTask,
@@ -383,44 +381,22 @@ class Queue(Submits):
             counts as cancelled (its worker stops it at its next heartbeat, or recovery does
             when that worker is gone).
         """
-        jobs: list[tuple[str, bytes, str | None]] = []
-        for job_id, env in zip(job_ids, await self._envelopes(job_ids), strict=True):
-            outcome = wire.Outcome(
-                v=wire.WIRE_VERSION, task=env.task if env else "", ok=False, cancelled=True,
-                finished=time.time(),
-            )  # fmt: skip
-            jobs.append((job_id, wire.encode(outcome), env.key if env else None))
-        replies = await self.scripts.cancel(jobs, int(self.result_ttl * 1000))
-        stopping = [i for i, r in zip(job_ids, replies, strict=True) if r == 2]
-        stopped = dict(zip(stopping, await self._stopped(stopping, wait), strict=True))
-        return [r == 1 or stopped.get(i, False) for i, r in zip(job_ids, replies, strict=True)]
+        return await cancel_jobs(self, job_ids, wait)
 
-    async def _stopped(self, job_ids: list[str], wait: float) -> list[bool]:
-        """Per running job asked to stop: False if it finished otherwise, else True."""
+    async def cancel_where(
+        self, *, task: str | None = None, key: str | None = None, wait: float = 30.0
+    ) -> list[str]:
+        """Cancel every unfinished job of ``task`` (a registered name) and/or with
+        de-duplication ``key``, as :meth:`cancel` does; the ids cancelled. Reads every
+        unfinished job's envelope (``HSCAN`` of the jobs hash, 1,000 at a time): for bulk
+        cases, not a hot path.
 
-        async def one(job_id: str) -> bool:
-            try:
-                async with asyncio.timeout(wait):
-                    data = await self._results.wait(job_id)
-            except TimeoutError:
-                return True
-            except JobNotFound:  # finished, and its result gone already
-                return False
-            return wire.decode_outcome(data).cancelled
-
-        return list(await asyncio.gather(*(one(i) for i in job_ids)))
-
-    async def _envelopes(self, job_ids: Sequence[str]) -> list[wire.Envelope | None]:
-        """The jobs' envelopes (None for an unknown id or undecodable bytes)."""
-        raw = await call_redis(self.redis.hmget(self.keys.jobs, list(job_ids)), self.redis_url)
-        out: list[wire.Envelope | None] = []
-        for data in raw:
-            env = None
-            if data is not None:
-                with contextlib.suppress(msgspec.DecodeError):
-                    env = wire.decode_envelope(data)
-            out.append(env)
-        return out
+        :raises InvalidOptions: neither ``task`` nor ``key`` given.
+        """
+        if task is None and key is None:
+            raise InvalidOptions("cancel_where needs task= or key= (or both)")
+        ids = await matching(self, task, key)
+        return [i for i, done in zip(ids, await cancel_jobs(self, ids, wait), strict=True) if done]
 
     async def info(self) -> QueueInfo:
         """Counts of pending, scheduled, running and dead jobs, workers (live by heartbeat
@@ -458,7 +434,7 @@ class Queue(Submits):
 
     async def requeue_dead(self, job_ids: Sequence[str]) -> int:
         """Move dead-lettered jobs back to pending with fresh attempts; returns how many moved."""
-        envs = await self._envelopes(job_ids)
+        envs = await envelopes(self, job_ids)
         jobs = [(i, env.key if env else None) for i, env in zip(job_ids, envs, strict=True)]
         return sum(await self.scripts.requeue(jobs))
 

@@ -287,6 +287,11 @@ class SyncQueue(SyncSubmits):
         """Cancel jobs, running ones too; as :meth:`aioqueue.Queue.cancel`."""
         return self._call("queue.sync.cancel()", lambda q: q.cancel(job_ids))
 
+    def cancel_where(self, *, task: str | None = None, key: str | None = None) -> list[str]:
+        """Cancel every unfinished job of a task and/or key; as
+        :meth:`aioqueue.Queue.cancel_where`."""
+        return self._call("queue.sync.cancel_where()", lambda q: q.cancel_where(task=task, key=key))
+
     def info(self) -> QueueInfo:
         """Counts of jobs and workers and lifetime counters; as :meth:`aioqueue.Queue.info`."""
         return self._call("queue.sync.info()", lambda q: q.info())

@@ -102,3 +102,25 @@ async def test_an_expired_job_is_not_started(
     assert await late.status() == "cancelled"
     with pytest.raises(aioqueue.InvalidOptions, match="expires must be > 0 seconds, got 0"):
         queue.options(expires=0)
+
+
+async def test_cancel_by_task_and_by_key(queue: Queue, redis_url: str) -> None:
+    """cancel_where cancels every unfinished job of a task, or with a key; the others stay;
+    the command does the same, asking first unless --yes."""
+    from tests.test_admin import aq
+
+    later = queue.options(delay=600)
+    adds = [await later.submit(tasks.add, i, i) for i in range(3)]
+    keyed = await queue.options(delay=600, key="report-7").submit(tasks.noop)
+    other = await later.submit(tasks.noop)
+    assert sorted(await queue.cancel_where(task="tests.tasks.add")) == sorted(j.id for j in adds)
+    assert await queue.cancel_where(key="report-7") == [keyed.id]
+    assert await other.status() == "scheduled"
+    assert [await j.status() for j in adds] == ["cancelled"] * 3
+    with pytest.raises(aioqueue.InvalidOptions, match="needs task= or key="):
+        await queue.cancel_where()
+    refused = await aq(redis_url, "cancel", "--queue", "tests", "--task", "tests.tasks.noop")
+    assert refused.code != 0 and "pass --yes" in refused.err
+    r = await aq(redis_url, "cancel", "--queue", "tests", "--task", "tests.tasks.noop", "--yes",
+                 "--json")  # fmt: skip
+    assert r.code == 0 and r.json["cancelled"] == [other.id]

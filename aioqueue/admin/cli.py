@@ -12,11 +12,11 @@ from ..errors import AioqueueError
 from .dlq import Selection, dlq
 from .doctor import doctor
 from .info import info
-from .jobs import cancel, job, parse_json_args, submit
+from .jobs import cancel, cancel_where, job, parse_json_args, submit
 from .pause import pause
 from .purge import purge
 from .render import Output
-from .session import Session
+from .session import CommandError, Session
 
 __all__ = ("main", "parser")
 
@@ -80,8 +80,11 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "cancel", parents=[common], help="cancel jobs (running ones: their children are killed)"
     )
-    c.add_argument("ids", nargs="+", metavar="ID")
+    c.add_argument("ids", nargs="*", metavar="ID")
     c.add_argument("--queue", help="default: look in every registered queue")
+    c.add_argument("--task", help="instead of ids: every unfinished job of this task (--queue)")
+    c.add_argument("--key", help="instead of ids: every unfinished job with this de-dup key")
+    c.add_argument("--yes", action="store_true", help="don't ask (with --task or --key)")
 
     c = sub.add_parser("purge", parents=[common], help="delete every key of a queue")
     c.add_argument("queue", metavar="QUEUE")
@@ -113,6 +116,10 @@ async def _run(a: argparse.Namespace, session: Session, out: Output) -> int:
         opts: dict[str, Any] = {"delay": a.delay, "priority": a.priority, "key": a.key}
         return await submit(session, out, a.queue, a.task, args, kwargs, opts)
     if a.command == "cancel":
+        if (a.task or a.key) and not a.ids and a.queue:
+            return await cancel_where(session, out, a.queue, a.task, a.key, a.yes)
+        if not a.ids or a.task or a.key:
+            raise CommandError("give job ids, or --queue Q with --task T and/or --key K")
         return await cancel(session, out, a.ids, a.queue)
     if a.command == "purge":
         return await purge(session, out, a.queue, a.yes, a.force)

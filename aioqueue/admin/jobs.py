@@ -187,3 +187,16 @@ async def cancel(session: Session, out: Output, ids: list[str], queue: str | Non
         why = "no queue knows it" if r == "unknown" else f"it is {r}"
         out.warn(f"job {i} not cancelled: {why}")
     return 1 if failed else 0
+
+
+async def cancel_where(
+    session: Session, out: Output, queue: str, task: str | None, key: str | None, yes: bool
+) -> int:
+    """Cancel every unfinished job of a task and/or de-duplication key in one queue (asks
+    first on a terminal; ``--yes`` elsewhere)."""
+    what = " and ".join(f"{k} {v!r}" for k, v in (("task", task), ("key", key)) if v)
+    out.confirm(f"Cancel every unfinished job of queue {queue!r} with {what}?", yes)
+    ids = await session.queue(queue).cancel_where(task=task, key=key)
+    out.emit({"queue": queue, "cancelled": ids},
+             [Note(f"queue {queue}: {len(ids):,} job(s) with {what} cancelled")])  # fmt: skip
+    return 0
