@@ -233,13 +233,15 @@ async def test_json_logs_carry_job_fields(queue: Queue, start_worker: StartWorke
     job = await queue.submit(tasks.add, 20, 22)
     assert await job.result(timeout=20) == 42
     dead = await queue.submit(tasks.fail, "boom")
-    await worker.wait_log(f'"job_id": "{dead.id}"')
 
     def events() -> list[dict[str, Any]]:
         lines = [line for line in worker.output().splitlines() if line.strip()]
         return [json.loads(line) for line in lines]  # every line parses
 
-    await eventually(lambda: any(e.get("event") == "completed" for e in events()), 10, "events")
+    def logged() -> bool:  # the dead job's last line, which comes after its "started" line
+        return any(e.get("job_id") == dead.id and e.get("event") == "dead" for e in events())
+
+    await eventually(logged, 20, "the dead job's line")
     records = events()
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     done = [r for r in records if r.get("job_id") == job.id]
