@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import msgspec
@@ -119,10 +119,30 @@ def specs(calls: Iterable[tuple[Any, ...] | Call], options: Options) -> list[Spe
 
 
 class Submits:
-    """``submit`` and ``submit_many``, shared by :class:`~aioqueue.Queue` (no options) and
-    :class:`Submitter` (its options)."""
+    """``submit``, ``submit_many`` and ``map``, shared by :class:`~aioqueue.Queue` (no options)
+    and :class:`Submitter` (its options)."""
 
     __slots__ = ()
+
+    def map(
+        self,
+        fn: Callable[..., R] | str,
+        inputs: Iterable[Any] | AsyncIterable[Any],
+        *,
+        window: int = 1000,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[R]:
+        """Run ``fn`` on each input (one argument each, or a :class:`Call`) and yield the
+        results as they complete: ``async for r in queue.map(render, pages): ...``.
+
+        Inputs are read lazily, and at most ``window`` jobs are submitted and unfinished at a
+        time, so memory stays bounded however many inputs there are, and a fast producer waits
+        for the workers. A failed job raises its :class:`~aioqueue.JobFailed` (the others go
+        on running), or is yielded as the exception with ``return_exceptions=True``.
+        """
+        from .mapping import map_jobs
+
+        return map_jobs(self, fn, inputs, window, return_exceptions)
 
     def _target(self) -> tuple[Queue, Options]:
         raise NotImplementedError
