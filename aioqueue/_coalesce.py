@@ -35,14 +35,23 @@ Reply = tuple[str, int]  # per job: its id, and 1 created, 0 a duplicate, -1 no 
 class Prepared:
     """One job checked and encoded, ready for the submit script."""
 
-    __slots__ = ("id", "data", "priority", "delay_ms", "key")
+    __slots__ = ("id", "data", "priority", "delay_ms", "key", "after")
 
-    def __init__(self, id: str, data: bytes, priority: int, delay_ms: int, key: str | None):
+    def __init__(
+        self,
+        id: str,
+        data: bytes,
+        priority: int,
+        delay_ms: int,
+        key: str | None,
+        after: tuple[str, ...] = (),
+    ):
         self.id = id
         self.data = data
         self.priority = priority
         self.delay_ms = delay_ms
         self.key = key
+        self.after = after
 
 
 def prepare(
@@ -59,8 +68,8 @@ def prepare(
     """
     if opts is not NO_OPTIONS:
         opts.validate()
-    if td is not None:
-        args, kwargs = td.check(args, kwargs)
+    if td is not None:  # after other jobs: their result(s) come first, when it runs
+        args, kwargs = td.check(args, kwargs, later=1 if opts.after else 0)
     try:
         raw_args = wire.encode(list(args)) if args else None
         raw_kwargs = wire.encode(kwargs) if kwargs else None
@@ -84,6 +93,7 @@ def prepare(
         submitted=now,
         trace=tracing.inject(),
         expires=now + opts.expires if opts.expires is not None else None,
+        after=list(opts.after) or None,
     )
     data = wire.encode(env)
     if len(data) > max_payload:
@@ -91,7 +101,7 @@ def prepare(
             f"{name}: encoded job is {len(data):,} bytes, over the queue's "
             f"max_payload limit of {max_payload:,} bytes"
         )
-    return Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key)
+    return Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key, opts.after)
 
 
 class Coalescer:

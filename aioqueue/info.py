@@ -19,6 +19,7 @@ class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
     :ivar paused: True while the queue is paused (:meth:`Queue.pause`): workers claim nothing.
     :ivar last_minute: attempts ``completed`` and ``failed`` (retried or dead-lettered) in the
         last whole minute, by Redis's clock.
+    :ivar waiting: jobs waiting for the jobs they run after (``options(after=...)``).
     """
 
     pending: int
@@ -31,6 +32,7 @@ class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
     gone_workers: list[str] = []
     paused: bool = False
     last_minute: dict[str, int] = {}
+    waiting: int = 0
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

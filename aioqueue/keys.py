@@ -30,7 +30,7 @@ class Keys:
     __slots__ = (
         "prefix", "jobs", "pending", "scheduled", "priority", "attempts", "tokens",
         "leases", "dead", "errors", "wake", "workers", "worker_info", "stats", "done_channel",
-        "paused", "schedules", "cancels", "full",
+        "paused", "schedules", "cancels", "full", "blocked",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -53,6 +53,7 @@ class Keys:
         self.paused = p + "paused"  # exists while the queue is paused: workers claim nothing
         self.cancels = p + "cancels"  # id -> ms: a cancel asked of a running job
         self.full = p + "full"  # exists while a producer waits for room (max_pending)
+        self.blocked = p + "blocked"  # id -> parents not finished (a job that runs after others)
         self.schedules = p + "schedules"  # name -> last tick fired (ms); name:next, name:about
 
     def result(self, job_id: str) -> str:
@@ -62,6 +63,10 @@ class Keys:
     def receipt(self, name: str) -> str:
         """The string key that keeps the reply of a call that may be re-sent (see scripts.py)."""
         return f"{self.prefix}receipt:{name}"
+
+    def after(self, job_id: str) -> str:
+        """The set of the jobs that run after this one (released when it is done)."""
+        return f"{self.prefix}after:{job_id}"
 
     def dedup(self, key: str) -> str:
         """The string key that maps a de-duplication key to the job holding it."""

@@ -40,6 +40,9 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
         started: a worker that claims it later records it cancelled, with the reason.
     :ivar block: when the queue has a ``max_pending`` bound and is full, wait for room (the
         default), or raise :class:`~aioqueue.errors.QueueFull` at once.
+    :ivar after: ids of jobs (of the same queue) this one runs after: it starts once they have
+        all finished, with the one's result (or the list of their results) as its first
+        argument; if one of them failed or was cancelled, it is recorded cancelled, unrun.
     """
 
     key: str | None = None
@@ -50,6 +53,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     result_ttl: float | None = None
     expires: float | None = None
     block: bool = True
+    after: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """:raises InvalidOptions: naming the first option out of range."""
@@ -77,6 +81,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidOptions(f"result_ttl must be > 0 seconds, got {self.result_ttl!r}")
         if self.expires is not None and (not _number(self.expires) or not self.expires > 0):
             raise InvalidOptions(f"expires must be > 0 seconds, got {self.expires!r}")
+        if not all(isinstance(p, str) and p for p in self.after) or len(self.after) > 1000:
+            raise InvalidOptions(f"after must name at most 1,000 jobs by id, got {self.after!r}")
 
 
 def _number(v: object) -> bool:

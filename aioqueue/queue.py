@@ -298,13 +298,15 @@ class Queue(Submits):
         result_ttl: float | None = None,
         expires: float | None = None,
         block: bool = True,
+        after: Job[Any] | str | Sequence[Job[Any] | str] = (),
     ) -> Submitter:
         """Submit with options: ``await queue.options(key="report-42", delay=5).submit(fn, x)``.
 
-        See :class:`Options` for each option.
+        See :class:`Options` for each option; ``after`` takes jobs or their ids.
 
         :raises InvalidOptions: naming the option out of range.
         """
+        parents = [after] if isinstance(after, Job | str) else list(after)
         opts = Options(
             key=key,
             delay=delay,
@@ -314,6 +316,7 @@ class Queue(Submits):
             result_ttl=result_ttl,
             expires=expires,
             block=block,
+            after=tuple(p if isinstance(p, str) else p.id for p in parents),
         )
         return Submitter(self, opts)
 
@@ -353,7 +356,7 @@ class Queue(Submits):
     async def _send(self, prepared: list[Prepared]) -> list[Reply]:
         """Run the submit script for these jobs; per job, its id (the original job's, when a
         de-duplication key matched) and whether it was created."""
-        jobs = [NewJob(p.id, p.data, p.priority, p.delay_ms, p.key) for p in prepared]
+        jobs = [NewJob(p.id, p.data, p.priority, p.delay_ms, p.key, p.after) for p in prepared]
         return await self.scripts.submit(jobs, self.max_pending or 0)
 
     async def _outcomes(self, job_ids: list[str]) -> list[Any]:
@@ -414,6 +417,7 @@ class Queue(Submits):
             counters=r.counters,
             paused=r.paused,
             last_minute=r.last_minute or {},
+            waiting=r.waiting,
         )
 
     # -- dead letters ----------------------------------------------------------------------

@@ -146,6 +146,7 @@ class NewJob:
     priority: int = 0
     delay_ms: int = 0
     key: str | None = None  # de-duplication key
+    after: tuple[str, ...] = ()  # the jobs it runs after
 
 
 @dataclass(slots=True)
@@ -208,6 +209,7 @@ class InfoReply:
     counters: dict[str, int]
     paused: bool = False
     last_minute: dict[str, int] | None = None
+    waiting: int = 0
 
 
 def _leased(rows: list[Any], width: int) -> list[LeasedJob]:
@@ -258,11 +260,14 @@ class Scripts:
         de-duplication key held by another job gave that one's id, -1 if the queue held
         ``bound`` waiting jobs already (0: no bound) and nothing was written for it."""
         k = self.keys
-        keys = [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full]
+        keys = [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full, k.blocked]
         args: list[Any] = [bound]
         for j in jobs:
             keys += [k.result(j.id), k.dedup(j.key) if j.key is not None else k.jobs]
-            args += [j.id, j.data, j.priority, j.delay_ms, "1" if j.key is not None else "0"]
+            args += [j.id, j.data, j.priority, j.delay_ms, "1" if j.key is not None else "0",
+                     len(j.after), *j.after]  # fmt: skip
+            for parent in j.after:
+                keys += [k.after(parent), k.result(parent)]
         reply = await self._run("submit", keys, args)
         return [(to_str(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
@@ -272,9 +277,9 @@ class Scripts:
         k = self.keys
         keys, args = [k.schedules], [schedule, tick_ms]
         if job is not None:
-            keys += [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full,
+            keys += [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full, k.blocked,
                      k.result(job.id), k.jobs]  # fmt: skip
-            args += [job.id, job.data, job.priority, job.delay_ms, "0"]
+            args += [job.id, job.data, job.priority, job.delay_ms, "0", 0]
         return bool(await self._run("tick", keys, args))
 
     async def cancel(
@@ -285,7 +290,7 @@ class Scripts:
         it runs and its holder was asked to stop it, 0 if it finished otherwise or is unknown."""
         k = self.keys
         keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats,
-                k.leases, k.cancels]  # fmt: skip
+                k.leases, k.cancels, k.blocked]  # fmt: skip
         args: list[Any] = [k.done_channel, result_ttl_ms]
         for job_id, outcome, dedup in jobs:
             keys += [k.result(job_id), k.dedup(dedup) if dedup else k.jobs]
@@ -314,7 +319,7 @@ class Scripts:
         gone = [w for w, deadline in o.workers.items() if deadline < o.now_ms]
         return InfoReply(
             o.pending, o.scheduled, o.running, o.dead, live, gone, o.counters, o.paused,
-            o.last_minute,
+            o.last_minute, o.waiting,
         )  # fmt: skip
 
     async def dead_letters(self, limit: int) -> list[DeadRow]:
@@ -351,10 +356,10 @@ class Scripts:
     ) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
-                k.dead, k.errors, k.wake, k.stats, k.cancels]  # fmt: skip
+                k.dead, k.errors, k.wake, k.stats, k.cancels, k.blocked]  # fmt: skip
         args: list[Any] = [k.done_channel, dead_ttl_ms, max_dead]
         for f in items:
-            keys += [k.result(f.id), k.dedup(f.dedup) if f.dedup else k.jobs]
+            keys += [k.result(f.id), k.dedup(f.dedup) if f.dedup else k.jobs, k.after(f.id)]
             args += [f.id, f.token, f.kind, f.result, f.error, f.delay_ms, f.ttl_ms,
                      "1" if f.dedup else "0", "1" if f.reaping else "0"]  # fmt: skip
         return keys, args
@@ -427,9 +432,9 @@ class Scripts:
         in one step."""
         k = self.keys
         keys = [k.pending, k.scheduled, k.leases, k.dead, k.workers, k.stats, k.paused,
-                k.worker_info, k.schedules]  # fmt: skip
+                k.worker_info, k.schedules, k.blocked]  # fmt: skip
         reply = await self._run("overview", keys, [max_levels])
-        now, p, s, r, d, workers, stats, heads, more, past, first, paused, about, sched = reply
+        now, p, s, r, d, workers, stats, heads, more, past, first, paused, about, sched, w = reply
         fields = {to_str(stats[i]): int(stats[i + 1]) for i in range(0, len(stats), 2)}
         return Overview(
             now_ms=int(now),
@@ -442,6 +447,7 @@ class Scripts:
             last_minute=last_minute(fields, int(now)),
             this_minute=last_minute(fields, int(now), ago=0),
             schedules=schedule_rows(sched),
+            waiting=int(w),
             about={
                 to_str(about[i]): WorkerAbout.decode(about[i + 1]) for i in range(0, len(about), 2)
             },

@@ -68,25 +68,32 @@ class TaskDef:
         return self._return
 
     def check(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, strict: bool = True
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        strict: bool = True,
+        later: int = 0,
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Bind arguments to the signature and convert them to their annotated types.
 
         ``strict=True`` (the producer) refuses lossy conversions such as ``"40"`` for ``int``;
         the child decodes msgpack, so it converts with ``strict=False`` (e.g. a dict to a Struct).
+        ``later``: leading positional arguments given later (a job's parents' results), bound
+        as placeholders and left out of the arguments returned.
 
         :raises ArgumentError: naming the parameter that does not fit.
         """
         if self._signature is None:
             return args, kwargs
         try:
-            bound = self._signature.bind(*args, **kwargs)
+            bound = self._signature.bind(*((_LATER,) * later), *args, **kwargs)
         except TypeError as exc:
             raise self._mismatch(args, kwargs, exc) from None
         if self._types:
             for pname, value in bound.arguments.items():
                 hint = self._types.get(pname)
-                if hint is None:
+                if hint is None or value is _LATER:
                     continue
                 try:
                     bound.arguments[pname] = msgspec.convert(
@@ -97,7 +104,7 @@ class TaskDef:
                         f"{self.name}: argument {pname!r} does not match its annotation "
                         f"{_type_name(hint)}: {exc}"
                     ) from None
-        return bound.args, bound.kwargs
+        return bound.args[later:], bound.kwargs
 
     def _mismatch(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], exc: TypeError
@@ -167,6 +174,9 @@ def unencodable_error(
                 f"as msgpack: {exc}"
             )
     return SerializationError(f"{task}: arguments can't be encoded as msgpack")
+
+
+_LATER = object()  # an argument that comes later (see TaskDef.check)
 
 
 def _type_name(hint: Any) -> str:

@@ -32,6 +32,7 @@ class Overview:
     this_minute: dict[str, int] = field(default_factory=dict)  # so far
     about: dict[str, WorkerAbout] = field(default_factory=dict)  # by worker id
     schedules: list[ScheduleRow] = field(default_factory=list)
+    waiting: int = 0  # jobs waiting for others to finish (options(after=...))
 
 
 @dataclass(frozen=True, slots=True)

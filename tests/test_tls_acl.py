@@ -232,14 +232,14 @@ async def test_tls_untrusted_server_is_a_clear_error(
 #: result subscription.
 TOP_LEVEL = (
     "+hello +auth +ping +evalsha +script|load +blpop +time +hgetall +hset +hdel +zrem +exists "
-    "+hmget +mget +subscribe +unsubscribe"
+    "+hmget +mget +hscan +subscribe +unsubscribe"
 )
 
 #: Commands the scripts call (``aioqueue/lua/*.lua``): Redis checks each against the caller's ACL.
 IN_SCRIPTS = (
-    "+del +exists +get +hdel +hexists +hget +hgetall +hincrby +hset +llen +persist +pexpire "
-    "+publish +rpush +set +time +zadd +zcard +zcount +zpopmin +zrange +zrangebyscore +zrem "
-    "+zremrangebyscore +zscore"
+    "+del +exists +get +hdel +hexists +hget +hgetall +hincrby +hlen +hset +llen +persist "
+    "+pexpire +publish +rpush +sadd +set +smembers +time +zadd +zcard +zcount +zpopmin +zrange "
+    "+zrangebyscore +zrem +zremrangebyscore +zscore"
 )
 
 #: Connection set-up commands redis-py sends that only newer servers know (so only named where
@@ -252,10 +252,10 @@ def queue_rule(queue: str, *, channel: bool = True, registry: bool = True) -> li
     producers and workers of ``queue`` and nothing else, on Redis 7.0 (for ``orders``)::
 
         resetkeys ~aioqueue:{orders}:* resetchannels &aioqueue:{orders}:done
-        -@all +hello +auth +ping +evalsha +script|load +blpop +mget +hmget +subscribe
-        +unsubscribe +del +exists +get +hdel +hexists +hget +hgetall +hincrby +hset +llen
-        +persist +pexpire +publish +rpush +set +time +zadd +zcard +zcount +zpopmin +zrange
-        +zrangebyscore +zrem +zremrangebyscore +zscore
+        -@all +hello +auth +ping +evalsha +script|load +blpop +mget +hmget +hscan +subscribe
+        +unsubscribe +del +exists +get +hdel +hexists +hget +hgetall +hincrby +hlen +hset +llen
+        +persist +pexpire +publish +rpush +sadd +set +smembers +time +zadd +zcard +zcount
+        +zpopmin +zrange +zrangebyscore +zrem +zremrangebyscore +zscore
         "(%W~aioqueue:queues +sadd)"
 
     Key patterns match ``{`` and ``}`` literally. The selector at the end lets the user add its
@@ -518,7 +518,7 @@ async def test_producer_without_channel_or_registry_checks_jobs_quietly(
     registry = [r for r in caplog.records if "registry" in r.getMessage()]
     assert len(registry) == 1 and registry[0].levelno == logging.DEBUG
     assert {d for d in acl_denials(acl_admin) if d[0] == "orders-producer"} == {
-        ("orders-producer", "command", "toplevel", "sadd"),
+        ("orders-producer", "key", "toplevel", REGISTRY),
         ("orders-producer", "channel", "toplevel", Keys("orders").done_channel),
     }
 

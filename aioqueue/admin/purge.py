@@ -21,15 +21,15 @@ _WORKER_RECEIPTS = ("fetch", "beat", "reap", "finish")  # the worker's receipt c
 
 
 async def _per_job_keys(q: Queue) -> int:
-    """Delete the result and de-duplication key of every job in the jobs hash (HSCAN, in
-    batches of :data:`BATCH`); how many keys went."""
+    """Delete the result, de-duplication key and list of dependents of every job in the jobs
+    hash (HSCAN, in batches of :data:`BATCH`); how many keys went."""
     k, r, deleted = q.keys, q.redis, 0
     cursor = 0
     while True:
         cursor, batch = await call_redis(r.hscan(k.jobs, cursor, count=BATCH), q.redis_url)
         names: list[str] = []
         for job_id, data in batch.items():
-            names.append(k.result(to_str(job_id)))
+            names += [k.result(to_str(job_id)), k.after(to_str(job_id))]
             with contextlib.suppress(msgspec.DecodeError):
                 env = wire.decode_envelope(data)
                 if env.key is not None:
@@ -71,7 +71,8 @@ async def purge(session: Session, out: Output, name: str, yes: bool, force: bool
             q.redis.unlink(*(receipts + orphans)[i : i + BATCH]), q.redis_url
         )
     fixed = [k.jobs, k.pending, k.scheduled, k.priority, k.attempts, k.tokens, k.leases,
-             k.dead, k.errors, k.wake, k.workers, k.worker_info, k.stats, k.paused]  # fmt: skip
+             k.dead, k.errors, k.wake, k.workers, k.worker_info, k.stats, k.paused,
+             k.schedules, k.cancels, k.full, k.blocked]  # fmt: skip
     deleted += await call_redis(q.redis.unlink(*fixed), q.redis_url)
     await call_redis(q.redis.srem(REGISTRY, name), q.redis_url)
     data: dict[str, Any] = {"queue": name, "jobs": jobs, "keys_deleted": deleted}

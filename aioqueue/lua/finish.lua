@@ -2,7 +2,9 @@
 -- KEYS[1] jobs  KEYS[2] attempts  KEYS[3] tokens  KEYS[4] leases  KEYS[5] priority
 -- KEYS[6] pending  KEYS[7] scheduled  KEYS[8] dead  KEYS[9] errors  KEYS[10] wake  KEYS[11] stats
 -- KEYS[12] cancels (id -> when a cancel of the running job was asked, ms)
--- then for job i (0-based): KEYS[13 + 2i] result:{id}, KEYS[14 + 2i] dedup:{key} (any key if none)
+-- KEYS[13] blocked (id -> parents not finished yet, see submit.lua)
+-- then for job i (0-based): KEYS[14 + 3i] result:{id}, KEYS[15 + 3i] dedup:{key} (any key if
+-- none), KEYS[16 + 3i] after:{id} (the jobs waiting for this one: released once it is done)
 -- ARGV[1] pub/sub channel for finished jobs (see _announce.lua), ARGV[2] dead_ttl_ms, ARGV[3] max_dead
 -- then per job (9 each): id, token, kind, result, error, delay_ms, ttl_ms, has_dedup, reaping
 --   kind: "ok"      store result (TTL), forget the job
@@ -33,7 +35,7 @@ for i = 0, n - 1 do
   local b = H + i * 9
   local id, token, kind = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local reaping = ARGV[b + 9] == '1'
-  local rkey, dkey = KEYS[13 + 2 * i], KEYS[14 + 2 * i]
+  local rkey, dkey, akey = KEYS[14 + 3 * i], KEYS[15 + 3 * i], KEYS[16 + 3 * i]
   local ttl = tonumber(ARGV[b + 7])
   local lease = redis.call('ZSCORE', KEYS[4], id)
   local held = lease and redis.call('HGET', KEYS[3], id) == token
@@ -111,8 +113,19 @@ for i = 0, n - 1 do
         died = true
       end
     end
-    if kind ~= 'retry' and kind ~= 'release' and ARGV[b + 8] == '1' then
-      redis.call('PEXPIRE', dkey, ttl)
+    if kind ~= 'retry' and kind ~= 'release' then
+      if ARGV[b + 8] == '1' then
+        redis.call('PEXPIRE', dkey, ttl)
+      end
+      for _, kid in ipairs(redis.call('SMEMBERS', akey)) do  -- jobs that waited for this one
+        if redis.call('HEXISTS', KEYS[13], kid) == 1
+            and redis.call('HINCRBY', KEYS[13], kid, -1) <= 0 then
+          redis.call('HDEL', KEYS[13], kid)
+          redis.call('ZADD', KEYS[6], -tonumber(redis.call('HGET', KEYS[5], kid) or '0'), kid)
+          woke = true
+        end
+      end
+      redis.call('DEL', akey)
     end
     out[#out + 1] = 1
   end

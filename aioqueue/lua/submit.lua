@@ -7,13 +7,20 @@
 -- KEYS[4] priority   hash   id -> priority (only when not 0)
 -- KEYS[5] wake       list   wake-up tokens workers block on
 -- KEYS[6] full       string exists while a producer waits for room (the next claim clears it)
--- then for job i (0-based): KEYS[7 + 2i] result:{id}, KEYS[8 + 2i] dedup:{key} (any key if none)
+-- KEYS[7] blocked    hash   id -> parents not finished yet (a job that runs after others)
+-- then per job: KEYS result:{id}, dedup:{key} (any key if none), then per parent of the job:
+--   after:{parent} (set of the jobs waiting for it), result:{parent}
 -- ARGV[1] most jobs waiting (pending + scheduled) the queue takes; 0: no bound
--- then per job (5 each): id, envelope, priority, delay_ms, has_dedup ("1" or "0")
+-- then per job: id, envelope, priority, delay_ms, has_dedup ("1" or "0"), the number of its
+--   parents, the parents' ids
 -- Returns a flat array, per job: the job id that holds the work (the original one on a
 -- de-duplication hit), and 1 when it is this call's job, 0 when another job holds the key, -1
 -- when the queue is full (nothing written for it; the `full` key asks the next claim to say
 -- when there is room).
+-- A job with parents that are not all finished waits in `blocked`, listed in each unfinished
+-- parent's `after` set; the finish script releases it to pending when the last one finishes
+-- (however it finished: the worker decides then whether it runs). A parent unknown here counts
+-- as finished.
 local out = {}
 local woke = false
 local now = nil
@@ -22,16 +29,19 @@ local room = nil
 if bound > 0 then
   room = bound - redis.call('ZCARD', KEYS[2]) - redis.call('ZCARD', KEYS[3])
 end
-local n = (#ARGV - 1) / 5
-for i = 0, n - 1 do
-  local b = 1 + i * 5
-  local id = ARGV[b + 1]
-  local prio = tonumber(ARGV[b + 3])
-  local delay = tonumber(ARGV[b + 4])
-  local rkey = KEYS[7 + 2 * i]
-  local dkey = KEYS[8 + 2 * i]
+local a, k = 2, 8
+while a <= #ARGV do
+  local id = ARGV[a]
+  local prio = tonumber(ARGV[a + 2])
+  local delay = tonumber(ARGV[a + 3])
+  local has_dedup = ARGV[a + 4] == '1'
+  local nparents = tonumber(ARGV[a + 5])
+  local rkey, dkey = KEYS[k], KEYS[k + 1]
+  local env = ARGV[a + 1]
+  local pa, pk = a + 6, k + 2
+  a, k = a + 6 + nparents, k + 2 + 2 * nparents
   local other = false
-  if ARGV[b + 5] == '1' then
+  if has_dedup then
     other = redis.call('GET', dkey)
   end
   if other then
@@ -48,21 +58,33 @@ for i = 0, n - 1 do
     if room then
       room = room - 1
     end
-    redis.call('HSET', KEYS[1], id, ARGV[b + 2])
+    redis.call('HSET', KEYS[1], id, env)
     if prio ~= 0 then
       redis.call('HSET', KEYS[4], id, prio)
     end
-    if delay > 0 then
+    local waiting = 0
+    for j = 0, nparents - 1 do
+      local parent = ARGV[pa + j]
+      local unfinished = redis.call('HEXISTS', KEYS[1], parent) == 1
+      if unfinished and redis.call('EXISTS', KEYS[pk + 2 * j + 1]) == 0 then
+        redis.call('SADD', KEYS[pk + 2 * j], id)
+        waiting = waiting + 1
+      end
+    end
+    if waiting > 0 then
+      redis.call('HSET', KEYS[7], id, waiting)
+    elseif delay > 0 then
       if not now then
         local t = redis.call('TIME')
         now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
       end
       redis.call('ZADD', KEYS[3], now + delay, id)
+      woke = true
     else
       redis.call('ZADD', KEYS[2], -prio, id)
+      woke = true
     end
-    woke = true
-    if ARGV[b + 5] == '1' then
+    if has_dedup then
       redis.call('SET', dkey, id)
     end
     out[#out + 1] = id

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 from redis.exceptions import NoPermissionError
 
 from .. import tracing, wire
@@ -28,6 +29,7 @@ from ..keys import REGISTRY
 from ..queue import Queue
 from ..scripts import FinishItem, LeasedJob, Scripts
 from ._state import Channel, Held, Outage
+from .after import with_parents
 from .fetch import Fetcher
 from .finisher import Finisher, Pending
 from .http import StatusServer
@@ -92,6 +94,7 @@ class Worker:
         self.stopping = anyio.Event()
         self._hard_stop = anyio.Event()
         self._fetch_scope: anyio.CancelScope | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
         self.spans = tracing.run_spans(queue.name)  # None unless OpenTelemetry is loaded
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -152,6 +155,7 @@ class Worker:
             raise WorkerFailed(self.failure)
 
     async def _serve(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
         if not await self._check_redis():
             return
         tg.start_soon(heartbeat_loop, self)
@@ -325,9 +329,34 @@ class Worker:
         timeout = env.timeout if env.timeout is not None else td.timeout
         if held.attempts == 1 and env.submitted > 0:
             self.metrics.task(env.task).wait.observe(max(0.0, time.time() - env.submitted))
+        if env.after:  # its parents' results come first in its arguments: read them first
+            assert self._tg is not None
+            self._tg.start_soon(self._start_after, held, env, timeout)
+            return
+        self._to_pool(held, env, env.args, timeout)
+
+    async def _start_after(self, held: Held, env: wire.Envelope, timeout: float | None) -> None:
+        try:
+            args = await with_parents(self.queue, env)
+        except Exception as exc:  # Redis unreachable: hand it back, uncounted, for later
+            self.outage.failed("reading a job's parents' results", exc)
+            self.job_done(held, self.outcomes.release(held))
+            return
+        if isinstance(args, wire.ErrorInfo):
+            log.info("job %s: not run: %s", held.id, args.message,
+                     extra=job_fields(held, self.id, "cancelled"))  # fmt: skip
+            self.job_done(held, self.outcomes.cancelled(held, args))
+        elif not self.stopping.is_set():
+            self._to_pool(held, env, args, timeout)
+        else:
+            self.job_done(held, self.outcomes.release(held))
+
+    def _to_pool(
+        self, held: Held, env: wire.Envelope, args: msgspec.Raw, timeout: float | None
+    ) -> None:
         assert self.pool is not None
         held.work = self.pool.submit(
-            env.task, env.args, env.kwargs, timeout, lambda reply: self._on_reply(held, reply),
+            env.task, args, env.kwargs, timeout, lambda reply: self._on_reply(held, reply),
             tag=held,
         )  # fmt: skip
 
