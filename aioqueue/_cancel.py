@@ -27,13 +27,14 @@ async def cancel_jobs(q: Queue, job_ids: Sequence[str], wait: float) -> list[boo
     """See :meth:`Queue.cancel`."""
     if not job_ids:
         return []
-    jobs: list[tuple[str, bytes, str | None]] = []
+    jobs: list[tuple[str, bytes, str | None, str | None]] = []
     for job_id, env in zip(job_ids, await envelopes(q, job_ids), strict=True):
         outcome = wire.Outcome(
             v=wire.WIRE_VERSION, task=env.task if env else "", ok=False, cancelled=True,
             finished=time.time(),
         )  # fmt: skip
-        jobs.append((job_id, wire.encode(outcome), env.key if env else None))
+        jobs.append((job_id, wire.encode(outcome), env.key if env else None,
+                     env.group if env else None))  # fmt: skip
     replies = await q.scripts.cancel(jobs, int(q.result_ttl * 1000))
     stopping = [i for i, r in zip(job_ids, replies, strict=True) if r == 2]
     stopped = dict(zip(stopping, await _stopped(q, stopping, wait), strict=True))

@@ -35,7 +35,7 @@ Reply = tuple[str, int]  # per job: its id, and 1 created, 0 a duplicate, -1 no 
 class Prepared:
     """One job checked and encoded, ready for the submit script."""
 
-    __slots__ = ("id", "data", "priority", "delay_ms", "key", "after")
+    __slots__ = ("id", "data", "priority", "delay_ms", "key", "after", "group", "group_limit")
 
     def __init__(
         self,
@@ -45,6 +45,8 @@ class Prepared:
         delay_ms: int,
         key: str | None,
         after: tuple[str, ...] = (),
+        group: str | None = None,
+        group_limit: int = 1,
     ):
         self.id = id
         self.data = data
@@ -52,6 +54,8 @@ class Prepared:
         self.delay_ms = delay_ms
         self.key = key
         self.after = after
+        self.group = group
+        self.group_limit = group_limit
 
 
 def prepare(
@@ -77,6 +81,9 @@ def prepare(
         if td is not None:
             raise td.unencodable(args, kwargs) from None
         raise unencodable_error(name, args, kwargs) from None
+    group, limit = opts.group, opts.group_limit
+    if group is None and td is not None and td.concurrency is not None and not opts.after:
+        group, limit = f"task:{name}", td.concurrency
     job_id = new_job_id()
     now = time.time()
     env = wire.Envelope(
@@ -94,6 +101,7 @@ def prepare(
         trace=tracing.inject(),
         expires=now + opts.expires if opts.expires is not None else None,
         after=list(opts.after) or None,
+        group=group,
     )
     data = wire.encode(env)
     if len(data) > max_payload:
@@ -101,7 +109,8 @@ def prepare(
             f"{name}: encoded job is {len(data):,} bytes, over the queue's "
             f"max_payload limit of {max_payload:,} bytes"
         )
-    return Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key, opts.after)
+    return Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key, opts.after,
+                    group, limit)  # fmt: skip
 
 
 class Coalescer:

@@ -30,7 +30,7 @@ class Keys:
     __slots__ = (
         "prefix", "jobs", "pending", "scheduled", "priority", "attempts", "tokens",
         "leases", "dead", "errors", "wake", "workers", "worker_info", "stats", "done_channel",
-        "paused", "schedules", "cancels", "full", "blocked",
+        "paused", "schedules", "cancels", "full", "blocked", "gactive", "glimit",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -54,6 +54,8 @@ class Keys:
         self.cancels = p + "cancels"  # id -> ms: a cancel asked of a running job
         self.full = p + "full"  # exists while a producer waits for room (max_pending)
         self.blocked = p + "blocked"  # id -> parents not finished (a job that runs after others)
+        self.gactive = p + "gactive"  # group -> slots held (per-key concurrency)
+        self.glimit = p + "glimit"  # group -> its limit
         self.schedules = p + "schedules"  # name -> last tick fired (ms); name:next, name:about
 
     def result(self, job_id: str) -> str:
@@ -63,6 +65,10 @@ class Keys:
     def receipt(self, name: str) -> str:
         """The string key that keeps the reply of a call that may be re-sent (see scripts.py)."""
         return f"{self.prefix}receipt:{name}"
+
+    def gq(self, group: str) -> str:
+        """The list of a group's jobs waiting for one of its slots, in submit order."""
+        return f"{self.prefix}gq:{group}"
 
     def after(self, job_id: str) -> str:
         """The set of the jobs that run after this one (released when it is done)."""

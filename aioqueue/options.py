@@ -43,6 +43,10 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     :ivar after: ids of jobs (of the same queue) this one runs after: it starts once they have
         all finished, with the one's result (or the list of their results) as its first
         argument; if one of them failed or was cancelled, it is recorded cancelled, unrun.
+    :ivar group: per-key concurrency: at most ``group_limit`` jobs of the group (say a
+        customer id) are let into pending or run at once, across all workers; the others wait
+        in Redis in submit order (so with a limit of 1 a key's jobs run one by one, in order).
+    :ivar group_limit: the group's limit (default 1).
     """
 
     key: str | None = None
@@ -54,6 +58,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     expires: float | None = None
     block: bool = True
     after: tuple[str, ...] = ()
+    group: str | None = None
+    group_limit: int = 1
 
     def validate(self) -> None:
         """:raises InvalidOptions: naming the first option out of range."""
@@ -83,6 +89,16 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidOptions(f"expires must be > 0 seconds, got {self.expires!r}")
         if not all(isinstance(p, str) and p for p in self.after) or len(self.after) > 1000:
             raise InvalidOptions(f"after must name at most 1,000 jobs by id, got {self.after!r}")
+        if self.group is not None and (
+            not isinstance(self.group, str) or not 0 < len(self.group) <= MAX_KEY_LENGTH
+        ):
+            raise InvalidOptions(
+                f"group must be a non-empty str of at most {MAX_KEY_LENGTH} chars: {self.group!r}"
+            )
+        if type(self.group_limit) is not int or self.group_limit < 1:
+            raise InvalidOptions(f"group_limit must be an int >= 1, got {self.group_limit!r}")
+        if self.group is not None and self.after:
+            raise InvalidOptions("a job can't both run after others and belong to a group")
 
 
 def _number(v: object) -> bool:

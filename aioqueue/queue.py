@@ -140,6 +140,7 @@ class Queue(Submits):
         cron: str | None = None,
         every: float | None = None,
         tz: str = "UTC",
+        concurrency: int | None = None,
     ) -> Callable[[F], F]: ...
     def task(
         self,
@@ -152,6 +153,7 @@ class Queue(Submits):
         cron: str | None = None,
         every: float | None = None,
         tz: str = "UTC",
+        concurrency: int | None = None,
     ) -> Any:
         """Register a plain function as a task; it runs in a worker's child process.
 
@@ -160,10 +162,12 @@ class Queue(Submits):
         :param timeout: seconds an attempt may run before its child is killed.
         :param cron: also submit it, without arguments, on this cron schedule (in ``tz``);
             or ``every`` so many seconds. See :meth:`schedule` for the rest.
+        :param concurrency: at most this many of its jobs run at once, across all workers (its
+            jobs beyond wait in Redis, in submit order).
         """
 
         def register(f: F) -> F:
-            kwargs: dict[str, Any] = {"timeout": timeout}
+            kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency}
             if retries is not None:
                 kwargs["retries"] = retries
             td = TaskDef(name or task_name(f), f, **kwargs)
@@ -299,6 +303,8 @@ class Queue(Submits):
         expires: float | None = None,
         block: bool = True,
         after: Job[Any] | str | Sequence[Job[Any] | str] = (),
+        group: str | None = None,
+        group_limit: int = 1,
     ) -> Submitter:
         """Submit with options: ``await queue.options(key="report-42", delay=5).submit(fn, x)``.
 
@@ -317,6 +323,8 @@ class Queue(Submits):
             expires=expires,
             block=block,
             after=tuple(p if isinstance(p, str) else p.id for p in parents),
+            group=group,
+            group_limit=group_limit,
         )
         return Submitter(self, opts)
 
@@ -356,7 +364,10 @@ class Queue(Submits):
     async def _send(self, prepared: list[Prepared]) -> list[Reply]:
         """Run the submit script for these jobs; per job, its id (the original job's, when a
         de-duplication key matched) and whether it was created."""
-        jobs = [NewJob(p.id, p.data, p.priority, p.delay_ms, p.key, p.after) for p in prepared]
+        jobs = [
+            NewJob(p.id, p.data, p.priority, p.delay_ms, p.key, p.after, p.group, p.group_limit)
+            for p in prepared
+        ]
         return await self.scripts.submit(jobs, self.max_pending or 0)
 
     async def _outcomes(self, job_ids: list[str]) -> list[Any]:

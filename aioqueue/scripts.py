@@ -99,16 +99,17 @@ return out
 _RETENTION = _source("_retention")
 _MINUTE = _source("_minute")
 _ANNOUNCE = _source("_announce")
+_GROUP = _source("_group")
 _PLAIN = ("submit", "status", "outcomes", "dead", "overview", "job_info")
 _RECEIPTED = ("claim", "heartbeat", "finish", "cancel", "requeue", "purge", "pause", "resume")
 
 SOURCES: dict[str, str] = {name: _source(name) for name in _PLAIN}
 SOURCES["expired"] = _RETENTION + _source("expired")
 SOURCES.update({name: _with_receipt(_source(name)) for name in _RECEIPTED})
-_FINISH = _RETENTION + _MINUTE + _ANNOUNCE
+_FINISH = _RETENTION + _MINUTE + _ANNOUNCE + _GROUP
 SOURCES["finish"] = _with_receipt(_FINISH + _source("finish"))
 SOURCES["finish_claim"] = _with_receipt(_FINISH + _compose("finish", "claim"))
-SOURCES["cancel"] = _with_receipt(_ANNOUNCE + _source("cancel"))
+SOURCES["cancel"] = _with_receipt(_ANNOUNCE + _GROUP + _source("cancel"))
 SOURCES["tick"] = _function("submit") + _source("tick")
 
 
@@ -147,6 +148,8 @@ class NewJob:
     delay_ms: int = 0
     key: str | None = None  # de-duplication key
     after: tuple[str, ...] = ()  # the jobs it runs after
+    group: str | None = None  # per-key concurrency: at most group_limit of its group at once
+    group_limit: int = 1
 
 
 @dataclass(slots=True)
@@ -184,6 +187,7 @@ class FinishItem:
     ttl_ms: int = 0  # result and de-duplication key TTL
     dedup: str | None = None
     reaping: bool = False  # recovering someone's expired lease
+    group: str = ""  # the job's concurrency group, if any: a final outcome frees its slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,12 +264,14 @@ class Scripts:
         de-duplication key held by another job gave that one's id, -1 if the queue held
         ``bound`` waiting jobs already (0: no bound) and nothing was written for it."""
         k = self.keys
-        keys = [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full, k.blocked]
+        keys = [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full, k.blocked,
+                k.gactive, k.glimit]  # fmt: skip
         args: list[Any] = [bound]
         for j in jobs:
-            keys += [k.result(j.id), k.dedup(j.key) if j.key is not None else k.jobs]
+            keys += [k.result(j.id), k.dedup(j.key) if j.key is not None else k.jobs,
+                     k.gq(j.group) if j.group else k.jobs]  # fmt: skip
             args += [j.id, j.data, j.priority, j.delay_ms, "1" if j.key is not None else "0",
-                     len(j.after), *j.after]  # fmt: skip
+                     j.group or "", j.group_limit, len(j.after), *j.after]  # fmt: skip
             for parent in j.after:
                 keys += [k.after(parent), k.result(parent)]
         reply = await self._run("submit", keys, args)
@@ -278,23 +284,28 @@ class Scripts:
         keys, args = [k.schedules], [schedule, tick_ms]
         if job is not None:
             keys += [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full, k.blocked,
-                     k.result(job.id), k.jobs]  # fmt: skip
-            args += [job.id, job.data, job.priority, job.delay_ms, "0", 0]
+                     k.gactive, k.glimit, k.result(job.id), k.jobs, k.jobs]  # fmt: skip
+            args += [job.id, job.data, job.priority, job.delay_ms, "0", "", 1, 0]
         return bool(await self._run("tick", keys, args))
 
     async def cancel(
-        self, jobs: Sequence[tuple[str, bytes, str | None]], result_ttl_ms: int
+        self,
+        jobs: Sequence[tuple[str, bytes, str | None] | tuple[str, bytes, str | None, str | None]],
+        result_ttl_ms: int,
     ) -> list[int]:
-        """Withdraw waiting jobs, given as (id, encoded cancelled Outcome, de-duplication key),
+        """Withdraw waiting jobs, given as (id, encoded cancelled Outcome, de-duplication key[,
+        concurrency group]),
         and ask the holders of running ones to stop them; per job, 1 if it was cancelled, 2 if
         it runs and its holder was asked to stop it, 0 if it finished otherwise or is unknown."""
         k = self.keys
         keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats,
-                k.leases, k.cancels, k.blocked]  # fmt: skip
+                k.leases, k.cancels, k.blocked, k.gactive, k.glimit, k.wake]  # fmt: skip
         args: list[Any] = [k.done_channel, result_ttl_ms]
-        for job_id, outcome, dedup in jobs:
-            keys += [k.result(job_id), k.dedup(dedup) if dedup else k.jobs]
-            args += [job_id, outcome, "1" if dedup else "0"]
+        for job_id, outcome, dedup, *group in jobs:
+            g = group[0] if group else None
+            keys += [k.result(job_id), k.dedup(dedup) if dedup else k.jobs,
+                     k.gq(g) if g else k.jobs]  # fmt: skip
+            args += [job_id, outcome, "1" if dedup else "0", g or ""]
         reply = await self._run("cancel", keys, args, Receipt.once(k))
         return [int(r) for r in reply]
 
@@ -356,12 +367,14 @@ class Scripts:
     ) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
-                k.dead, k.errors, k.wake, k.stats, k.cancels, k.blocked]  # fmt: skip
+                k.dead, k.errors, k.wake, k.stats, k.cancels, k.blocked, k.gactive,
+                k.glimit]  # fmt: skip
         args: list[Any] = [k.done_channel, dead_ttl_ms, max_dead]
         for f in items:
-            keys += [k.result(f.id), k.dedup(f.dedup) if f.dedup else k.jobs, k.after(f.id)]
+            keys += [k.result(f.id), k.dedup(f.dedup) if f.dedup else k.jobs, k.after(f.id),
+                     k.gq(f.group) if f.group else k.jobs]  # fmt: skip
             args += [f.id, f.token, f.kind, f.result, f.error, f.delay_ms, f.ttl_ms,
-                     "1" if f.dedup else "0", "1" if f.reaping else "0"]  # fmt: skip
+                     "1" if f.dedup else "0", "1" if f.reaping else "0", f.group]  # fmt: skip
         return keys, args
 
     async def claim(

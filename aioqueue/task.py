@@ -30,12 +30,15 @@ class TaskDef:
 
     :ivar retries: attempts after the first (default 2).
     :ivar timeout: seconds an attempt may run before its child is killed (None: no limit).
+    :ivar concurrency: at most this many of its jobs run at once across all workers (None: no
+        limit); a job's own ``options(group=...)`` takes precedence.
     """
 
     name: str
     fn: Callable[..., Any]
     retries: int = DEFAULT_RETRIES
     timeout: float | None = None
+    concurrency: int | None = None
     _signature: inspect.Signature | None = field(default=None, init=False, repr=False)
     _types: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _return: Any = field(default=Any, init=False, repr=False)
@@ -45,6 +48,10 @@ class TaskDef:
             raise InvalidOptions(f"retries must be an int >= 0, got {self.retries!r}")
         if self.timeout is not None and not self.timeout > 0:
             raise InvalidOptions(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.concurrency is not None and (
+            type(self.concurrency) is not int or self.concurrency < 1
+        ):
+            raise InvalidOptions(f"concurrency must be an int >= 1, got {self.concurrency!r}")
         try:
             self._signature = inspect.signature(self.fn)
             hints = typing.get_type_hints(self.fn)

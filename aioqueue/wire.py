@@ -52,6 +52,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     trace: dict[str, str] | None = None  # W3C trace context current at submit (tracing.py)
     expires: float | None = None  # the producer's wall clock past which it must not start
     after: list[str] | None = None  # ids of the jobs whose results come first in its arguments
+    group: str | None = None  # per-key concurrency group (its limit is kept in Redis)
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -158,3 +158,20 @@ def union(a: set[int], b: set[int]) -> set[int]:
     """Sets travel as arrays; annotated, they arrive and return as sets."""
     assert isinstance(a, set) and isinstance(b, set)
     return a | b
+
+
+@queue.task
+def span(ledger: str, tag: str, seconds: float = 0.05) -> str:
+    """Append "start TAG t" and "end TAG t" (monotonic clock) around a sleep."""
+    with open(ledger, "a") as f:
+        f.write(f"start {tag} {time.monotonic()}\n")
+    time.sleep(seconds)
+    with open(ledger, "a") as f:
+        f.write(f"end {tag} {time.monotonic()}\n")
+    return tag
+
+
+@queue.task(concurrency=1)
+def one_at_a_time(ledger: str, tag: str) -> str:
+    """At most one runs at once, across all workers."""
+    return span(ledger, tag)

@@ -237,9 +237,9 @@ TOP_LEVEL = (
 
 #: Commands the scripts call (``aioqueue/lua/*.lua``): Redis checks each against the caller's ACL.
 IN_SCRIPTS = (
-    "+del +exists +get +hdel +hexists +hget +hgetall +hincrby +hlen +hset +llen +persist "
-    "+pexpire +publish +rpush +sadd +set +smembers +time +zadd +zcard +zcount +zpopmin +zrange "
-    "+zrangebyscore +zrem +zremrangebyscore +zscore"
+    "+del +exists +get +hdel +hexists +hget +hgetall +hincrby +hlen +hset +llen +lpop +lrem "
+    "+persist +pexpire +publish +rpush +sadd +set +smembers +time +zadd +zcard +zcount "
+    "+zpopmin +zrange +zrangebyscore +zrem +zremrangebyscore +zscore"
 )
 
 #: Connection set-up commands redis-py sends that only newer servers know (so only named where
@@ -254,8 +254,8 @@ def queue_rule(queue: str, *, channel: bool = True, registry: bool = True) -> li
         resetkeys ~aioqueue:{orders}:* resetchannels &aioqueue:{orders}:done
         -@all +hello +auth +ping +evalsha +script|load +blpop +mget +hmget +hscan +subscribe
         +unsubscribe +del +exists +get +hdel +hexists +hget +hgetall +hincrby +hlen +hset +llen
-        +persist +pexpire +publish +rpush +sadd +set +smembers +time +zadd +zcard +zcount
-        +zpopmin +zrange +zrangebyscore +zrem +zremrangebyscore +zscore
+        +lpop +lrem +persist +pexpire +publish +rpush +sadd +set +smembers +time +zadd +zcard
+        +zcount +zpopmin +zrange +zrangebyscore +zrem +zremrangebyscore +zscore
         "(%W~aioqueue:queues +sadd)"
 
     Key patterns match ``{`` and ``}`` literally. The selector at the end lets the user add its

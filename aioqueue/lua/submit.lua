@@ -8,11 +8,13 @@
 -- KEYS[5] wake       list   wake-up tokens workers block on
 -- KEYS[6] full       string exists while a producer waits for room (the next claim clears it)
 -- KEYS[7] blocked    hash   id -> parents not finished yet (a job that runs after others)
--- then per job: KEYS result:{id}, dedup:{key} (any key if none), then per parent of the job:
---   after:{parent} (set of the jobs waiting for it), result:{parent}
+-- KEYS[8] gactive    hash   group -> slots held   KEYS[9] glimit  hash  group -> limit
+-- then per job: KEYS result:{id}, dedup:{key} (any key if none), gq:{group} (any key if none),
+--   then per parent of the job: after:{parent} (set of the jobs waiting for it), result:{parent}
 -- ARGV[1] most jobs waiting (pending + scheduled) the queue takes; 0: no bound
--- then per job: id, envelope, priority, delay_ms, has_dedup ("1" or "0"), the number of its
---   parents, the parents' ids
+-- then per job: id, envelope, priority, delay_ms, has_dedup ("1" or "0"), group ('' if none),
+--   group limit, the number of its parents, the parents' ids
+-- A job of a group whose slots are all held waits in the group's list (see _group.lua).
 -- Returns a flat array, per job: the job id that holds the work (the original one on a
 -- de-duplication hit), and 1 when it is this call's job, 0 when another job holds the key, -1
 -- when the queue is full (nothing written for it; the `full` key asks the next claim to say
@@ -29,17 +31,18 @@ local room = nil
 if bound > 0 then
   room = bound - redis.call('ZCARD', KEYS[2]) - redis.call('ZCARD', KEYS[3])
 end
-local a, k = 2, 8
+local a, k = 2, 10
 while a <= #ARGV do
   local id = ARGV[a]
   local prio = tonumber(ARGV[a + 2])
   local delay = tonumber(ARGV[a + 3])
   local has_dedup = ARGV[a + 4] == '1'
-  local nparents = tonumber(ARGV[a + 5])
-  local rkey, dkey = KEYS[k], KEYS[k + 1]
+  local group, limit = ARGV[a + 5], tonumber(ARGV[a + 6])
+  local nparents = tonumber(ARGV[a + 7])
+  local rkey, dkey, gqkey = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local env = ARGV[a + 1]
-  local pa, pk = a + 6, k + 2
-  a, k = a + 6 + nparents, k + 2 + 2 * nparents
+  local pa, pk = a + 8, k + 3
+  a, k = a + 8 + nparents, k + 3 + 2 * nparents
   local other = false
   if has_dedup then
     other = redis.call('GET', dkey)
@@ -71,7 +74,19 @@ while a <= #ARGV do
         waiting = waiting + 1
       end
     end
-    if waiting > 0 then
+    local queued = false
+    if group ~= '' then
+      redis.call('HSET', KEYS[9], group, limit)
+      local active = tonumber(redis.call('HGET', KEYS[8], group) or '0')
+      if active >= limit or redis.call('LLEN', gqkey) > 0 then
+        redis.call('RPUSH', gqkey, id)
+        queued = true
+      else
+        redis.call('HINCRBY', KEYS[8], group, 1)
+      end
+    end
+    if queued then  -- it waits in its group's list until a slot frees
+    elseif waiting > 0 then
       redis.call('HSET', KEYS[7], id, waiting)
     elseif delay > 0 then
       if not now then

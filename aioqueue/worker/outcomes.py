@@ -56,18 +56,20 @@ class Outcomes:
         )  # fmt: skip
         return FinishItem(
             held.id, held.token, "ok", result=wire.encode(outcome), ttl_ms=self._ttl_ms(held),
-            dedup=self._dedup(held),
+            dedup=self._dedup(held), group=_group(held),
         )  # fmt: skip
 
     def release(self, held: Held) -> FinishItem:
-        return FinishItem(held.id, held.token, "release", result=self._cancelled(held))
+        return FinishItem(
+            held.id, held.token, "release", result=self._cancelled(held), group=_group(held)
+        )
 
     def cancelled(self, held: Held, why: wire.ErrorInfo | None = None) -> FinishItem:
         """A job stopped because a producer cancelled it, or never started because it expired
         (``why``): no retry."""
         return FinishItem(
             held.id, held.token, "cancel", result=self._cancelled(held, why),
-            ttl_ms=self._ttl_ms(held), dedup=self._dedup(held),
+            ttl_ms=self._ttl_ms(held), dedup=self._dedup(held), group=_group(held),
         )  # fmt: skip
 
     def expired(self, held: Held, expires: float) -> FinishItem:
@@ -115,7 +117,7 @@ class Outcomes:
             return FinishItem(
                 held.id, held.token, "retry", result=self._cancelled(held),
                 error=wire.encode(err), delay_ms=math.ceil(delay * 1000), ttl_ms=ttl_ms,
-                dedup=dedup, reaping=reaping,
+                dedup=dedup, reaping=reaping, group=_group(held),
             )  # fmt: skip
         log.warning(
             "job %s: %s failed after %s (%s: %s); dead-lettered",
@@ -128,7 +130,7 @@ class Outcomes:
         )  # fmt: skip
         return FinishItem(
             held.id, held.token, "dead", result=wire.encode(outcome), error=wire.encode(err),
-            ttl_ms=ttl_ms, dedup=dedup, reaping=reaping,
+            ttl_ms=ttl_ms, dedup=dedup, reaping=reaping, group=_group(held),
         )  # fmt: skip
 
     def dead(self, held: Held, type_: str, message: str, kind: str, tb: str = "") -> FinishItem:
@@ -161,3 +163,9 @@ class Outcomes:
             )
         err = wire.ErrorInfo(type="WorkerLost", message=why, kind="lost")
         return self.failure(held, err, reaping=True)
+
+
+def _group(held: Held) -> str:
+    """The job's concurrency group ('' if none): its final outcome frees the group's slot."""
+    env = held.env
+    return env.group or "" if env is not None else ""
