@@ -34,6 +34,8 @@ async def _per_job_keys(q: Queue) -> int:
                 env = wire.decode_envelope(data)
                 if env.key is not None:
                     names.append(k.dedup(env.key))
+                if env.group is not None:
+                    names.append(k.gq(env.group))
         if names:
             deleted += await call_redis(r.unlink(*names), q.redis_url)
         if cursor == 0:
@@ -72,7 +74,7 @@ async def purge(session: Session, out: Output, name: str, yes: bool, force: bool
         )
     fixed = [k.jobs, k.pending, k.scheduled, k.priority, k.attempts, k.tokens, k.leases,
              k.dead, k.errors, k.wake, k.workers, k.worker_info, k.stats, k.paused,
-             k.schedules, k.cancels, k.full, k.blocked]  # fmt: skip
+             k.schedules, k.cancels, k.full, k.blocked, k.gactive, k.glimit]  # fmt: skip
     deleted += await call_redis(q.redis.unlink(*fixed), q.redis_url)
     await call_redis(q.redis.srem(REGISTRY, name), q.redis_url)
     data: dict[str, Any] = {"queue": name, "jobs": jobs, "keys_deleted": deleted}
