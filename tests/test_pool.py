@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from aioqueue import wire
 from aioqueue.worker.pool import Pool, PoolStartError, Work
+from tests._async import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -29,12 +31,16 @@ class Watch:
     def __init__(self) -> None:
         self.pool: Pool | None = None
         self.capacities: list[int] = []
+        self.queued: list[list[int]] = []  # jobs queued in each child's pipe, at each change
+        self.waiting: list[int] = []  # jobs held in the pool, at each change
         self.broken: list[str] = []
         self._changed = asyncio.Event()
 
     def changed(self) -> None:
         assert self.pool is not None
         self.capacities.append(self.pool.capacity)
+        self.queued.append(self.pool.queued)
+        self.waiting.append(self.pool.waiting)
         self._changed.set()
 
     def on_broken(self, message: str) -> None:
@@ -91,6 +97,11 @@ async def result(done: asyncio.Future[Reply], timeout: float = 10.0) -> Reply:
 
 async def value(pool: Pool, task: str, *args: Any, **kwargs: Any) -> Any:
     reply = await result(submit(pool, task, *args, **kwargs)[1])
+    assert reply is not None and reply.ok, reply
+    return msgspec.msgpack.decode(reply.value)
+
+
+def ok(reply: Reply) -> Any:
     assert reply is not None and reply.ok, reply
     return msgspec.msgpack.decode(reply.value)
 
@@ -260,3 +271,137 @@ async def test_close_lets_the_running_job_finish() -> None:
         reply = await result(running, 0)
         assert reply is not None and reply.ok
         assert await result(waiting, 0) is None
+
+
+# -- jobs queued in children's pipes ---------------------------------------------------------
+
+
+async def test_cancel_of_a_job_queued_in_a_child_withdraws_it(tmp_path: Path) -> None:
+    """A job queued in a child's pipe behind a long one is withdrawn on cancel: on_done(None)
+    comes once the child says it never started it; it never runs, and no child is killed."""
+    marker = tmp_path / "ran"
+    async with open_pool(prefetch=1) as (pool, watch):
+        before = await value(pool, "pid")
+        _, running = submit(pool, "sleep", 0.5)
+        queued, cancelled = submit(pool, "touch", str(marker))
+        await eventually(lambda: queued.queued, 5, "the job queued in the child")
+        assert pool.queued == [1] and not queued.started
+        pool.cancel(queued)
+        assert not cancelled.done()  # the child answers first
+        assert await result(cancelled) is None
+        assert ok(await result(running)) == before
+        assert await value(pool, "pid") == before  # ran after where the touch job was
+        assert not marker.exists()
+        assert min(watch.capacities) == 1  # no child was lost
+
+
+async def test_jobs_queued_in_a_killed_child_run_in_another() -> None:
+    """A child SIGKILLed with jobs queued behind its running one: that job fails as crashed;
+    the queued ones were never started, so they run in another child, each answered once."""
+    async with open_pool(prefetch=3) as (pool, watch):
+        victim = await value(pool, "pid")
+        _, running = submit(pool, "sleep", 30)
+        queued = [submit(pool, "pid") for _ in range(3)]
+        await eventually(lambda: pool.queued == [3], 5, "three jobs queued in the child")
+        os.kill(victim, signal.SIGKILL)
+        err = error(await result(running))
+        assert (err.kind, err.type) == ("crashed", "ChildDied") and "SIGKILL" in err.message
+        pids = {ok(await result(done)) for _, done in queued}
+        assert len(pids) == 1 and victim not in pids
+        assert all(work.finished and work.run_s is not None for work, _ in queued)
+        assert pool.restarts == 1
+
+
+async def test_short_tasks_queue_deep_and_long_ones_not_at_all() -> None:
+    """Adaptive prefetch: once no-op jobs have run, several wait in each child's pipe; jobs of a
+    task that runs long are never queued behind another, they wait in the pool instead."""
+    async with open_pool(2) as (pool, watch):
+        short = [submit(pool, "add", i, 1)[1] for i in range(400)]
+        assert [ok(await result(done)) for done in short] == [i + 1 for i in range(400)]
+        deepest = [max(q[i] for q in watch.queued if len(q) == 2) for i in range(2)]
+        assert min(deepest) >= 2, deepest
+        assert pool.times.get("tests.pool_tasks.add") is not None
+        watch.queued.clear()
+        watch.waiting.clear()
+        slow = [submit(pool, "sleep", 0.15)[1] for _ in range(6)]
+        for done in slow:
+            ok(await result(done))
+        assert watch.queued and all(q == [0, 0] for q in watch.queued), watch.queued
+        assert max(watch.waiting) >= 1  # held in the pool until a child was free
+
+
+async def test_pinned_prefetch_queues_whatever_the_run_time() -> None:
+    """prefetch=N queues up to N jobs in each child, long or not."""
+    async with open_pool(prefetch=2) as (pool, _):
+        jobs = [submit(pool, "sleep", 0.2)[1] for _ in range(4)]
+        await eventually(lambda: pool.queued == [2] and pool.waiting == 1, 5, "two queued")
+        assert pool.target() == 3
+        for done in jobs:
+            ok(await result(done))
+
+
+async def test_timeouts_run_from_each_jobs_start() -> None:
+    """A queued job's timeout starts when its child starts it, not when it was queued."""
+    async with open_pool(prefetch=2) as (pool, _):
+        jobs = [submit(pool, "sleep", 0.4, timeout=1.0) for _ in range(3)]
+        await eventually(lambda: pool.queued == [2], 5, "two jobs queued behind the first")
+        for _, done in jobs:
+            ok(await result(done))  # 1.2 s in all, yet none timed out
+        first, second = jobs[0][0], jobs[1][0]
+        assert first.run_s is not None and second.started_at >= first.started_at + first.run_s
+        _, running = submit(pool, "sleep", 0.6)  # no timeout of its own
+        late, killed = submit(pool, "sleep", 30, timeout=0.5)
+        await eventually(lambda: late.queued, 5, "the job queued")
+        ok(await result(running))  # not cut short by the timeout of the job behind it
+        err = error(await result(killed))
+        assert (err.kind, err.type) == ("timeout", "TimeoutError") and "0.5 s" in err.message
+        assert late.run_s is not None and late.run_s >= 0.5
+
+
+async def test_an_idle_child_takes_over_jobs_queued_behind_a_long_one() -> None:
+    """Jobs queued in a child whose job runs long are withdrawn and run by a child that has
+    nothing to do, while the long job goes on."""
+    async with open_pool(2, prefetch=4) as (pool, _):
+        long_work, long_job = submit(pool, "sleep", 5)
+        _, short_job = submit(pool, "sleep", 0.3)
+        queued = [submit(pool, "pid") for _ in range(4)]
+        await eventually(lambda: sum(pool.queued) == 4, 5, "four jobs queued")
+        long_child = long_work.child
+        assert long_child is not None and long_child.queued >= 1  # some wait behind the long job
+        pids = {ok(await result(done)) for _, done in queued}
+        assert not long_job.done()  # all ran before the long job ended
+        assert pids == {ok(await result(short_job))}  # in the child that was free
+        pool.cancel(long_work)
+
+
+async def test_broken_pool_hands_back_jobs_queued_in_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the pool breaks, jobs queued in a live child are withdrawn and handed back with
+    None; the job that child is running goes on to its end."""
+    flag = tmp_path / "broken"
+    monkeypatch.setenv(BROKEN_FLAG, str(flag))
+    async with open_pool(2, prefetch=2, max_start_failures=1) as (pool, watch):
+        _, first = submit(pool, "sleep", 1.0)
+        victim, second = submit(pool, "sleep", 30)
+        queued = [submit(pool, "pid")[1] for _ in range(3)]
+        await eventually(lambda: sum(pool.queued) == 3, 5, "three jobs queued")
+        flag.touch()  # a deploy broke the module: the replacement can't import it
+        assert victim.child is not None
+        os.kill(victim.child.pid, signal.SIGKILL)
+        assert error(await result(second)).kind == "crashed"
+        await watch.until(lambda: watch.broken)
+        assert [await result(done) for done in queued] == [None, None, None]
+        ok(await result(first))
+        assert pool.waiting == 0 and pool.target() == 0
+
+
+async def test_close_hands_back_queued_jobs_and_finishes_the_running_one() -> None:
+    """close() without kill withdraws the jobs queued in a child; its running job finishes."""
+    async with open_pool(prefetch=2) as (pool, _):
+        _, running = submit(pool, "sleep", 0.3)
+        queued = [submit(pool, "add", 1, 2) for _ in range(2)]
+        await eventually(lambda: pool.queued == [2], 5, "two jobs queued")
+        await pool.close()
+        ok(await result(running, 0))
+        assert [await result(done, 0) for _, done in queued] == [None, None]

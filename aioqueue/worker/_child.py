@@ -1,11 +1,18 @@
-"""Runs inside a worker's child process: reads jobs from its pipe, runs them, writes replies.
+"""Runs inside a worker's child process: takes jobs from its pipe, runs them, writes replies.
 
 The protocol is in :mod:`._frames`. The child first imports its queue and sends ``READY``, or
-``START_FAILED`` and the traceback, and exits non-zero. Then it runs one
-:class:`~aioqueue.wire.ChildJob` at a time and answers each with a
-:class:`~aioqueue.wire.ChildReply`. ``async def`` tasks run on one event loop, created for the
-first of them and kept for the child's life. The child exits on end of input, and the kernel
-kills it when its supervisor dies (``PR_SET_PDEATHSIG`` on Linux).
+``START_FAILED`` and the traceback, and exits non-zero. Then two threads share the work:
+
+* a reader thread drains the pipe as it fills: jobs go into the child's :class:`Inbox`, and a
+  withdrawal is answered at once, even while a long job runs: given back if the job is still
+  in the inbox (it will never run), else "already taken";
+* the main thread takes jobs from the inbox in order and runs them, one at a time, answering
+  each with a :class:`~._frames.Done` before it takes the next.
+
+``async def`` tasks run on one event loop, created for the first of them and kept for the
+child's life. At end of input the child runs the jobs it still holds (a supervisor that closes
+a child's input withdraws the queued ones first) and exits. The kernel kills it when its
+supervisor dies (``PR_SET_PDEATHSIG`` on Linux).
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import io
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
+from collections import deque
 from typing import Any
 
 import msgspec
@@ -26,11 +36,22 @@ import msgspec
 from .. import wire
 from .._imports import import_queue
 from ..queue import Queue
-from ._frames import HEADER, READY, START_FAILED, frame, frame_bytes
+from ._frames import (
+    HEADER,
+    READY,
+    START_FAILED,
+    Done,
+    Run,
+    Withdrawn,
+    decode_request,
+    frame,
+    frame_bytes,
+)
 
 _args_decoder = msgspec.msgpack.Decoder(list[Any])
 _kwargs_decoder = msgspec.msgpack.Decoder(dict[str, Any])
-_job_decoder = msgspec.msgpack.Decoder(wire.ChildJob)
+
+EXIT_PROTOCOL = 70  # the supervisor sent something that is no frame of ours
 
 
 def _die_with_parent() -> None:
@@ -61,6 +82,75 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[n:]
 
 
+class Replies:
+    """The reply pipe, written by both threads: one frame at a time, whole."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, obj: Any) -> None:
+        data = frame(obj)
+        with self._lock:
+            write_all(self.fd, data)
+
+
+class Inbox:
+    """Jobs received and not taken yet, in order; a withdrawal takes one back out.
+
+    A withdrawal is answered under the inbox's lock, so the main thread cannot take its next
+    job before the answer is in the pipe: what the pipe holds always says which job runs.
+    """
+
+    def __init__(self, replies: Replies) -> None:
+        self.replies = replies
+        self._ready = threading.Condition(threading.Lock())
+        self._jobs: deque[Run] = deque()
+        self._closed = False
+
+    def put(self, run: Run) -> None:
+        with self._ready:
+            self._jobs.append(run)
+            self._ready.notify()
+
+    def withdraw(self, seq: int) -> None:
+        with self._ready:
+            for i, run in enumerate(self._jobs):
+                if run.seq == seq:
+                    del self._jobs[i]
+                    self.replies.send(Withdrawn(seq, True))
+                    return
+            self.replies.send(Withdrawn(seq, False))
+
+    def close(self) -> None:
+        """End of input: :meth:`take` returns None once the jobs received are taken."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def take(self) -> Run | None:
+        """The next job, waiting for one; None once closed and empty."""
+        with self._ready:
+            while not self._jobs and not self._closed:
+                self._ready.wait()
+            return self._jobs.popleft() if self._jobs else None
+
+
+def _read(stdin: io.BufferedReader, inbox: Inbox) -> None:
+    """The reader thread: drain the pipe into the inbox, answer withdrawals."""
+    try:
+        while (data := read_frame(stdin)) is not None:
+            request = decode_request(data)
+            if isinstance(request, Run):
+                inbox.put(request)
+            else:
+                inbox.withdraw(request.seq)
+    except Exception:  # the supervisor's bytes are no frames of ours: nothing can be trusted
+        traceback.print_exc()
+        os._exit(EXIT_PROTOCOL)
+    inbox.close()
+
+
 def _error(exc: BaseException, kind: str = "raised") -> wire.ErrorInfo:
     return wire.ErrorInfo(
         type=type(exc).__qualname__,
@@ -77,20 +167,19 @@ class Runner:
         self.queue = queue
         self._loop: asyncio.Runner | None = None  # for async def tasks, made on first use
 
-    def run(self, data: bytes) -> wire.ChildReply:
-        """Run one job (an encoded :class:`~aioqueue.wire.ChildJob`) and say what came of it."""
+    def run(self, job: wire.ChildJob) -> wire.ChildReply:
+        """Run one job and say what came of it."""
+        td = self.queue.tasks.get(job.task)
+        if td is None:
+            return wire.ChildReply(
+                ok=False,
+                error=wire.ErrorInfo(
+                    type="UnknownTask",
+                    message=f"no task named {job.task!r} in queue {self.queue.name!r}",
+                    kind="unknown_task",
+                ),
+            )
         try:
-            job = _job_decoder.decode(data)
-            td = self.queue.tasks.get(job.task)
-            if td is None:
-                return wire.ChildReply(
-                    ok=False,
-                    error=wire.ErrorInfo(
-                        type="UnknownTask",
-                        message=f"no task named {job.task!r} in queue {self.queue.name!r}",
-                        kind="unknown_task",
-                    ),
-                )
             args = _args_decoder.decode(job.args)
             kwargs = _kwargs_decoder.decode(job.kwargs)
             bound_args, bound_kwargs = td.check(tuple(args), kwargs, strict=False)
@@ -142,11 +231,17 @@ def main(argv: list[str]) -> None:
         report = START_FAILED + traceback.format_exc().encode(errors="replace")
         write_all(out_fd, frame_bytes(report))
         sys.exit(1)
+    replies = Replies(out_fd)
+    inbox = Inbox(replies)
     write_all(out_fd, frame_bytes(READY))
+    threading.Thread(target=_read, args=(stdin, inbox), name="aioqueue-inbox", daemon=True).start()
     runner = Runner(queue)
+    clock = time.monotonic
     try:
-        while (data := read_frame(stdin)) is not None:
-            write_all(out_fd, frame(runner.run(data)))
+        while (run := inbox.take()) is not None:
+            started = clock()
+            reply = runner.run(run.job)
+            replies.send(Done(run.seq, started, clock(), reply))
     finally:
         runner.close()
 

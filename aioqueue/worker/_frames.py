@@ -1,10 +1,18 @@
-"""The pipe protocol between a supervisor and its children: length-prefixed frames.
+"""The pipe protocol between a supervisor and its children: length-prefixed msgpack frames.
 
 Each frame is a 4-byte big-endian length and that many bytes. A child's first frame says
 whether it could import its tasks: :data:`READY`, or :data:`START_FAILED` followed by the
-formatted traceback (UTF-8), after which it exits. Then the supervisor sends one
-:class:`~aioqueue.wire.ChildJob` at a time and the child answers each with one
-:class:`~aioqueue.wire.ChildReply`.
+formatted traceback (UTF-8), after which it exits. Then:
+
+* the supervisor sends :class:`Run` (a job, numbered by ``seq``) and :class:`Withdraw` (give a
+  job back that you have not started);
+* the child answers each job it ran with :class:`Done`, and each withdrawal with
+  :class:`Withdrawn`: ``ok`` when the job was still queued (it will never run), false when the
+  child had already taken it (it is running or done; its :class:`Done` comes or came).
+
+A child runs jobs in the order they came. It writes a job's :class:`Done`, and answers a
+withdrawal, before it takes its next job, so after a child's death the frames it left in the
+pipe tell exactly which job it was running: the first one neither done nor withdrawn.
 """
 
 from __future__ import annotations
@@ -14,11 +22,76 @@ from typing import Any
 
 import msgspec
 
+from .. import wire
+
+__all__ = (
+    "HEADER",
+    "READY",
+    "START_FAILED",
+    "Done",
+    "Run",
+    "Withdraw",
+    "Withdrawn",
+    "decode_reply",
+    "decode_request",
+    "frame",
+    "frame_bytes",
+)
+
 HEADER = struct.Struct(">I")  # frame length, big-endian
 READY = b"ready"  # a child's first frame, once it has imported the tasks
 START_FAILED = b"start-failed\n"  # a child's first frame instead, then its traceback
 
+
+class Run(msgspec.Struct, frozen=True, array_like=True, tag=1):
+    """Supervisor → child: queue this job; ``seq`` names it in the answers."""
+
+    seq: int
+    job: wire.ChildJob
+
+
+class Withdraw(msgspec.Struct, frozen=True, array_like=True, tag=2):
+    """Supervisor → child: give back job ``seq`` if it has not started."""
+
+    seq: int
+
+
+class Done(msgspec.Struct, frozen=True, array_like=True, tag=1):
+    """Child → supervisor: job ``seq`` ran from ``started`` to ``ended`` (``time.monotonic()``,
+    a clock the supervisor shares) and this came of it."""
+
+    seq: int
+    started: float
+    ended: float
+    reply: wire.ChildReply
+
+
+class Withdrawn(msgspec.Struct, frozen=True, array_like=True, tag=2):
+    """Child → supervisor: job ``seq`` was given back (``ok``), or had already been taken."""
+
+    seq: int
+    ok: bool
+
+
 _encoder = msgspec.msgpack.Encoder()
+_requests = msgspec.msgpack.Decoder(Run | Withdraw)
+_replies = msgspec.msgpack.Decoder(Done | Withdrawn)
+
+
+def decode_request(data: bytes) -> Run | Withdraw:
+    """A frame from the supervisor (in a child).
+
+    :raises msgspec.DecodeError: if it is neither.
+    """
+    return _requests.decode(data)
+
+
+def decode_reply(data: bytes | memoryview) -> Done | Withdrawn:
+    """A frame from a child (in the supervisor).
+
+    :raises msgspec.DecodeError: if it is neither.
+    """
+    return _replies.decode(data)
 
 
 def frame(obj: Any) -> bytearray:

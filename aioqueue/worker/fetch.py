@@ -1,4 +1,4 @@
-"""The fetch loop: claims as many jobs as live children can take, and blocks between claims.
+"""The fetch loop: claims as many jobs as live children can hold, and blocks between claims.
 
 No sleep-and-poll: between claims the loop blocks on the queue's wake-up list (bounded by
 ``block_timeout``), and only the last 100 ms before a delayed job is due are waited out here,
@@ -53,14 +53,19 @@ class Fetcher:
         self.paused = False  # the last claim found the queue paused
 
     def _free(self) -> int:
-        """Jobs to claim now: what live children can take, plus the prefetch, less what is held.
-        With prefetch, refill in batches: claim again once half of it is used up."""
-        w, s = self.w, self.w.settings
+        """Jobs to claim now: what the children can hold (each the job it runs and the ones
+        that may queue behind it, see prefetch.py), less what is held. Jobs queued ahead are
+        refilled in batches: claimed again once half of them are used up, or at once when a
+        child has nothing to do."""
+        w, pool = self.w, self.w.pool
         capacity = w.capacity()
-        if not capacity:
+        if not capacity or pool is None:
             return 0
-        free = capacity + s.prefetch - w.running
-        return free if w.running <= capacity + s.prefetch // 2 else 0
+        target = pool.target()
+        free = target - w.running
+        if free <= 0:
+            return 0
+        return free if 2 * free >= target - capacity or pool.idle else 0
 
     async def _send(self) -> ClaimReply:
         """Send the unanswered claim (re-sent as is until Redis answers it)."""

@@ -1,25 +1,27 @@
 """A pool of long-lived child processes, one pipe pair each, fed by the supervisor's loop.
 
-Unlike ``concurrent.futures.ProcessPoolExecutor``, a child that dies or times out fails only its
-own job: it is killed (TERM, then KILL) and replaced in the background while the others go on.
+Unlike ``concurrent.futures.ProcessPoolExecutor``, a child that dies or times out fails only the
+job it was running: it is killed (TERM, then KILL) and replaced in the background while the
+others go on.
 
-A child's pipe holds at most the job it is running. Jobs submitted while every child is busy wait
-in the pool, where :meth:`Pool.cancel` takes them back without touching a child; a job is written
-into a child only when that child is idle, so its timeout runs from the moment the child starts
-it. :attr:`Pool.capacity` says how many children can take jobs now, so that the supervisor claims
-no more than they can run; when children can't be started ``max_start_failures`` times in a row
-(say a deploy broke the task module), the pool declares itself :attr:`~Pool.broken` and hands
-back every job that is waiting.
+A child's pipe holds the job it runs and those queued behind it, as many as the rule of
+:mod:`.prefetch` allows; jobs that fit in no pipe wait in the pool. A queued job is taken back
+by asking its child to *withdraw* it: the child confirms it will never start it, or says it
+already has. So a cancel of a queued job kills no child unless the job had started; an idle
+child takes over jobs queued behind a long-running one elsewhere; and when a child dies, the
+job it was running fails while those queued behind it go to other children, uncounted. A job's
+timeout runs from the moment its child starts it (children report their start and end times).
+
+:meth:`Pool.target` says how many jobs the children can hold, so that the supervisor claims no
+more; when children can't be started ``max_start_failures`` times in a row (say a deploy broke
+the task module), the pool declares itself :attr:`~Pool.broken` and hands back every job that
+has not started.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,134 +30,34 @@ from typing import Any
 import msgspec
 
 from .. import wire
-from ._frames import HEADER, READY, START_FAILED, frame
+from ._frames import Done, Run, Withdraw, frame
+from .handle import CANCEL, STEAL, Child, Frames, PoolStartError, Work, spawn, takeovers
+from .prefetch import Depth
 
 __all__ = ("Pool", "PoolStartError", "Work")
 
 log = logging.getLogger(__name__)
 
-_TRACEBACK_LINES = 20  # the end of a child's start-up traceback kept in errors
 _FIRST_RETRY_DELAY = 0.1  # seconds before a failed start is tried again; doubles up to:
 _MAX_RETRY_DELAY = 10.0
-
-
-class PoolStartError(RuntimeError):
-    """Raised when a child process can't start; the message holds the child's error."""
-
-
-class _ChildDied(Exception):
-    pass
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-class Work:
-    """One job handed to the pool; ``on_done`` is called once, with the reply or None.
-
-    :ivar tag: the submitter's own reference, for :class:`Pool`'s ``on_start``.
-    :ivar started_at: ``time.monotonic()`` when a child was given the job (0 before).
-    """
-
-    __slots__ = ("task", "data", "timeout", "on_done", "finished", "child", "tag", "started_at")
-
-    def __init__(
-        self,
-        task: str,
-        data: bytearray | None,
-        timeout: float | None,
-        on_done: Callable[[wire.ChildReply | None], None],
-        tag: Any = None,
-    ) -> None:
-        self.task = task
-        self.data = data  # the framed ChildJob, until it is written into a child
-        self.timeout = timeout
-        self.on_done = on_done
-        self.finished = False
-        self.child: Child | None = None
-        self.tag = tag
-        self.started_at = 0.0
-
-    @property
-    def started(self) -> bool:
-        """True once written into a child: cancelling it then kills that child."""
-        return self.child is not None
-
-    def _finish(self, reply: wire.ChildReply | None) -> None:
-        if not self.finished:
-            self.finished = True
-            self.on_done(reply)
-
-
-class Child:
-    """One child process, its pipes and the job it is running."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        assert proc.stdin is not None and proc.stdout is not None
-        self.stdin = proc.stdin
-        self.stdout = proc.stdout
-        self.work: Work | None = None
-        self.done = 0
-        self.timer: asyncio.TimerHandle | None = None
-        self.timed_out: float | None = None
-        self.in_service = False  # counted in the pool's capacity
-        self.dead = False  # being killed: its reply, if one still comes, is ignored
-        self.replaced = False  # a replacement has been started for it
-        self.exited = asyncio.Event()
-
-    async def read(self) -> bytes:
-        try:
-            head = await self.stdout.readexactly(HEADER.size)
-            (size,) = HEADER.unpack(head)
-            return await self.stdout.readexactly(size)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise _ChildDied from exc
-
-    def signal(self, sig: int) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-
-    def kill(self, grace: float) -> None:
-        """TERM now, KILL after ``grace`` seconds if it is still there."""
-        self.dead = True
-        self.signal(signal.SIGTERM)
-        asyncio.get_running_loop().call_later(grace, self.signal, signal.SIGKILL)
-
-    async def close(self, grace: float) -> None:
-        """End of input: the child exits by itself; kill it if it does not within ``grace``."""
-        with contextlib.suppress(Exception):
-            self.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), grace)
-        except TimeoutError:
-            self.signal(signal.SIGKILL)
-            await self.proc.wait()
+STEAL_AFTER = 0.002  # seconds a queued job would still wait before an idle child takes it over
 
 
 class Pool:
     """``processes`` children running tasks of the queue at ``spec`` (``module:attr``).
 
     :param spawn: starts a background task: ``spawn(async_fn, *args)`` (a task group's
-        ``start_soon``); the pool runs one reader per child and its replacements there.
-    :param on_change: called (no arguments) after :attr:`capacity` changes and after each job
-        finishes, so the caller can claim more work; it must not block.
+        ``start_soon``); the pool starts replacement children and closes retired ones there.
+    :param on_change: called (no arguments) after :attr:`capacity` changes and after jobs
+        finish, so the caller can claim more work; it must not block.
     :param on_broken: called once with :attr:`broken`'s message when the pool gives up.
-    :param on_start: called with each :class:`Work` when a child is given it; must not block.
+    :param on_start: called with each :class:`Work` when its child starts it; must not block.
     :param max_tasks_per_child: jobs a child runs before it is replaced (None: no limit).
     :param kill_grace: seconds between TERM and KILL for a child being killed.
     :param start_timeout: seconds a child may take to import the tasks.
     :param max_start_failures: children in a row that may fail to start before the pool is
         declared broken.
+    :param prefetch: jobs each child holds queued behind the one it runs; None: adaptive.
     """
 
     def __init__(
@@ -171,6 +73,7 @@ class Pool:
         kill_grace: float = 1.0,
         start_timeout: float = 60.0,
         max_start_failures: int = 3,
+        prefetch: int | None = None,
     ) -> None:
         self.spec = spec
         self.processes = processes
@@ -178,16 +81,22 @@ class Pool:
         self.kill_grace = kill_grace
         self.start_timeout = start_timeout
         self.max_start_failures = max(1, max_start_failures)
+        self.depth = Depth(prefetch)
+        self.times = self.depth.times  # each task's estimated run time
         self.broken: str | None = None
         self.restarts = 0  # children started to replace one that exited, was killed or retired
         self._spawn = spawn
         self._on_change = on_change
         self._on_broken = on_broken
         self._on_start = on_start
-        self._waiting: deque[Work] = deque()  # submitted, no child yet
+        self._seq = 0
+        self._waiting: deque[Work] = deque()  # submitted, in no child's pipe
         self._live: list[Child] = []  # ready children that take jobs: the capacity
-        self._idle: list[Child] = []  # live children without a job
         self._children: set[Child] = set()  # every child process not yet reaped
+        self._dirty: set[Child] = set()  # children with frames to write
+        self._tick_handle: asyncio.Handle | None = None
+        self._balance_at: asyncio.TimerHandle | None = None
+        self._steals = 0  # withdrawals for an idle child, unanswered
         self._start_failures = 0  # in a row
         self._closing = False
 
@@ -203,12 +112,24 @@ class Pool:
     @property
     def idle(self) -> int:
         """Live children with no job."""
-        return len(self._idle)
+        return sum(1 for c in self._live if not c.jobs)
 
     @property
     def waiting(self) -> int:
-        """Jobs submitted that no child has started yet."""
+        """Jobs held in the pool, written into no child yet."""
         return len(self._waiting)
+
+    @property
+    def queued(self) -> list[int]:
+        """For each live child, the jobs queued in its pipe behind the one it runs."""
+        return [c.queued for c in self._live]
+
+    def target(self) -> int:
+        """Jobs the live children can hold now: each the one it runs and the ones that may
+        queue behind it (from the estimate over every task, or the pinned prefetch)."""
+        if self.capacity == 0:
+            return 0
+        return (1 + self.depth.per_child()) * len(self._live)
 
     def _changed(self) -> None:
         if self._on_change is not None:
@@ -237,55 +158,19 @@ class Pool:
         self._changed()
 
     async def _start_child(self) -> Child:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "aioqueue.worker._child",
-            self.spec,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        child = Child(proc)
-        try:
-            first = await asyncio.wait_for(child.read(), self.start_timeout)
-        except (_ChildDied, TimeoutError) as exc:
-            child.signal(signal.SIGKILL)
-            code = await proc.wait()
-            if isinstance(exc, TimeoutError):
-                what = f"not ready within {self.start_timeout:g} s"
-            else:
-                what = _describe_exit(code)
-            raise PoolStartError(
-                f"a child process for {self.spec} failed to start ({what}); see its error output"
-            ) from None
-        except BaseException:
-            child.signal(signal.SIGKILL)
-            raise
-        if first == READY:
-            return child
-        child.signal(signal.SIGKILL)
-        await proc.wait()
-        if first.startswith(START_FAILED):
-            report = first[len(START_FAILED) :].decode(errors="replace").rstrip()
-            tail = "\n".join(report.splitlines()[-_TRACEBACK_LINES:])
-            raise PoolStartError(f"a child process could not import {self.spec}:\n{tail}")
-        raise PoolStartError(f"a child process sent {first[:20]!r} instead of a ready frame")
+        return await spawn(self.spec, self.start_timeout, self._frames, self._exited)
 
     def _adopt(self, child: Child) -> None:
         self._children.add(child)
         self._live.append(child)
         child.in_service = True
-        self._spawn(self._reader, child)
-        self._next(child)
+        self._schedule()
 
     def _drop(self, child: Child) -> None:
         """Take a child out of service: it takes no more jobs (capacity goes down)."""
         if child.in_service:
             child.in_service = False
             self._live.remove(child)
-            if child in self._idle:
-                self._idle.remove(child)
 
     def _kill(self, child: Child) -> None:
         self._drop(child)
@@ -325,18 +210,26 @@ class Pool:
             return
 
     def _break(self, message: str) -> None:
-        """Give up: no more children, and every waiting job goes back with None."""
+        """Give up: no more children; every job not started goes back with None (the ones
+        queued in children once those confirm they never start them)."""
         if self.broken is not None:
             return
         self.broken = message
         log.error("worker pool broken: %s", message)
+        self._hand_back()
+        if self._on_broken is not None:
+            self._on_broken(message)
+        self._changed()
+
+    def _hand_back(self) -> None:
         waiting = list(self._waiting)
         self._waiting.clear()
         for work in waiting:
             work._finish(None)
-        if self._on_broken is not None:
-            self._on_broken(message)
-        self._changed()
+        for child in list(self._children):
+            for work in list(child.jobs):
+                if not work.started and not work.finished:
+                    self._withdraw(work, CANCEL)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -350,138 +243,256 @@ class Pool:
         tag: Any = None,
     ) -> Work:
         """Run ``task`` with its raw msgpack arguments (an array, a map) in an idle child, or
-        queue it in the pool until one is idle.
+        queue it in a busy one, or hold it in the pool until a child can take it.
 
         ``on_done`` is called once: with the child's reply (``kind`` "timeout" or "crashed"
         when its child was killed or died), or with None when the job never ran to an end
         here (cancelled, or handed back by a broken or closing pool). ``tag`` is kept on the
         :class:`Work` for ``on_start``.
         """
-        work = Work(task, frame(wire.ChildJob(task, args, kwargs)), timeout, on_done, tag)
+        self._seq += 1
+        data = frame(Run(self._seq, wire.ChildJob(task, args, kwargs)))
+        work = Work(self._seq, task, data, timeout, on_done, tag)
         if self.broken is not None or self._closing:
             asyncio.get_running_loop().call_soon(work._finish, None)
-        elif self._idle and not self._waiting:
-            self._run(self._idle.pop(), work)
-        else:
-            self._waiting.append(work)
+            return work
+        if not self._waiting:
+            for child in self._live:
+                if not child.jobs and child.room(self.max_tasks_per_child):
+                    self._place(child, work)
+                    return work
+        self._waiting.append(work)
+        self._schedule()
         return work
 
     def cancel(self, work: Work) -> None:
-        """Give up a job: ``on_done(None)`` now. A waiting job is only taken out of the queue;
-        a started one's child is killed (and replaced)."""
+        """Give up a job. One held in the pool, or started by a child, ends now with
+        ``on_done(None)`` (a started one's child is killed, and replaced); one queued in a
+        child is withdrawn: ``on_done(None)`` comes when the child confirms it never started
+        it, or, if it had, at once with the child killed."""
         if work.finished:
             return
         child = work.child
         if child is None:
-            with contextlib.suppress(ValueError):
+            if work in self._waiting:
                 self._waiting.remove(work)
-        elif child.work is work and not child.dead:
-            self._kill(child)
-        work._finish(None)
+            work._finish(None)
+        elif child.dead:
+            work._finish(None)  # its child's end hands the others on
+        elif work.started or (work.withdraw == CANCEL and child.jobs[0] is work):
+            self._kill(child)  # running, or first in line with its child not answering
+            work._finish(None)
+        else:
+            self._withdraw(work, CANCEL)
+            return
         self._changed()
 
-    def _run(self, child: Child, work: Work) -> None:
-        work.child = child
-        child.work = work
-        assert work.data is not None
-        try:
-            child.stdin.write(work.data)
-        except (ConnectionError, RuntimeError):
-            self._kill(child)  # the reader finds its end and fails the job
+    def _withdraw(self, work: Work, why: int) -> None:
+        """Ask ``work``'s child to give it back (``why``: STEAL or CANCEL; a CANCEL overrides a
+        STEAL on its way)."""
+        child = work.child
+        assert child is not None
+        pending = self._set_withdraw(work, max(work.withdraw, why))
+        if not pending and not child.dead:
+            child.out.append(frame(Withdraw(work.seq)))
+            child.flush()
+
+    def _set_withdraw(self, work: Work, why: int) -> int:
+        """Set the withdrawal on its way for ``work`` (0: none); the one it replaces."""
+        old, work.withdraw = work.withdraw, why
+        self._steals += (why == STEAL) - (old == STEAL)
+        return old
+
+    def _place(self, child: Child, work: Work) -> None:
+        work.estimate = self.times.get(work.task) or 0.0
+        work.started_at = 0.0
+        child.add(work, time.monotonic())
+        self._dirty.add(child)
+        self._schedule()
+        if len(child.jobs) == 1:
+            self._start_head(child, work.placed_at)
+
+    def _start_head(self, child: Child, since: float) -> None:
+        """The first job in ``child``'s pipe has started: when the job before it ended
+        (``since``), or when it was written, whichever is later."""
+        if not child.jobs or child.dead:
             return
-        work.data = None
-        work.started_at = time.monotonic()
+        work = child.jobs[0]
+        if work.started or work.withdraw:
+            return  # a withdrawal's answer says whether it started
+        now = time.monotonic()
+        work.started_at = min(max(since, work.placed_at), now)
+        if work.timeout is not None:
+            delay = max(work.started_at + work.timeout - now, 0.0)
+            loop = asyncio.get_running_loop()
+            child.timer = loop.call_later(delay, self._timed_out, child, work)
         if self._on_start is not None:
             self._on_start(work)
-        if work.timeout is not None:
-            child.timer = asyncio.get_running_loop().call_later(
-                work.timeout, self._timed_out, child, work
-            )
-
-    def _next(self, child: Child) -> None:
-        """An idle child in service: give it the next waiting job, if any."""
-        if self._waiting:
-            self._run(child, self._waiting.popleft())
-        else:
-            self._idle.append(child)
 
     def _timed_out(self, child: Child, work: Work) -> None:
-        if child.work is work and not child.dead:
+        if child.jobs and child.jobs[0] is work and not child.dead:
+            child.timer = None
             child.timed_out = work.timeout
             self._kill(child)
             self._changed()
 
-    async def _reader(self, child: Child) -> None:
-        """Read a child's replies; on its death fail the job it was running."""
-        try:
-            while True:
-                raw = await child.read()
-                work = child.work
-                if child.dead:
-                    continue  # killed: whatever it still says is dropped; wait for its end
-                if work is None:
-                    log.error("child %d replied with no job; killing it", child.proc.pid)
-                    self._kill(child)
-                    continue
-                child.work = None
-                if child.timer is not None:
-                    child.timer.cancel()
-                    child.timer = None
-                child.done += 1
-                try:
-                    reply = wire.decode_child_reply(raw)
-                except Exception as exc:
-                    reply = wire.ChildReply(
-                        ok=False,
-                        error=wire.ErrorInfo(type=type(exc).__name__, message=f"bad reply: {exc}"),
-                    )
-                if self.max_tasks_per_child and child.done >= self.max_tasks_per_child:
-                    self._drop(child)
-                    self._spawn(child.close, self.kill_grace)
-                    self._replace_later(child)
-                elif child.in_service:
-                    self._next(child)
-                work._finish(reply)
-                self._changed()
-        except _ChildDied:
-            pass
-        await self._exited(child)
+    def _schedule(self) -> None:
+        """Fill the children and write to them once the current callbacks are done."""
+        if self._tick_handle is None:
+            self._tick_handle = asyncio.get_running_loop().call_soon(self._tick)
 
-    async def _exited(self, child: Child) -> None:
-        child.dead = True
+    def _tick(self) -> None:
+        self._tick_handle = None
+        self._fill()
+        self._balance()
+        dirty, self._dirty = self._dirty, set()
+        for child in dirty:
+            child.flush()
+
+    def _fill(self) -> None:
+        """Write waiting jobs, in order, into the children that may take them."""
+        while self._waiting and self._live:
+            work = self._waiting[0]
+            child = self._best(work)
+            if child is None:
+                return
+            self._waiting.popleft()
+            self._place(child, work)
+
+    def _best(self, work: Work) -> Child | None:
+        """An idle child, else the one with the least queued work that may queue ``work``."""
+        estimate = self.times.get(work.task)
+        best: Child | None = None
+        least = (float("inf"), 0)
+        for child in self._live:
+            if not child.room(self.max_tasks_per_child):
+                continue
+            if not child.jobs:
+                return child
+            load = (child.queued_s, child.queued)
+            if load < least and self.depth.fits(child.queued, load[0], estimate):
+                best, least = child, load
+        return best
+
+    def _balance(self) -> None:
+        """Let idle children take over jobs queued behind long-running ones elsewhere."""
+        if self._waiting or self._closing or self.broken is not None:
+            return
+        idle = sum(1 for c in self._live if not c.jobs and c.room(self.max_tasks_per_child))
+        now = time.monotonic()
+        taken, recheck = takeovers(self._live, idle - self._steals, now, STEAL_AFTER)
+        for work in taken:
+            self._withdraw(work, STEAL)
+        if recheck < float("inf") and self._balance_at is None:
+            delay = max(recheck - now, 0.0) + 0.001
+            self._balance_at = asyncio.get_running_loop().call_later(delay, self._rebalance)
+
+    def _rebalance(self) -> None:
+        self._balance_at = None
+        self._schedule()
+
+    # -- what children say -----------------------------------------------------------------
+
+    def _frames(self, child: Child, frames: Frames) -> None:
+        for msg in frames:
+            if child.dead:
+                return  # killed: whatever it still says is dropped; its end deals with its jobs
+            if isinstance(msg, Done):
+                self._done(child, msg)
+            else:
+                self._withdrawn(child, msg.seq, msg.ok)
+        self._schedule()
+        self._changed()
+
+    def _done(self, child: Child, msg: Done) -> None:
+        work = child.jobs[0] if child.jobs else None
+        if work is None or work.seq != msg.seq:
+            child.fail(f"answered job {msg.seq} out of turn")
+            return
         if child.timer is not None:
             child.timer.cancel()
             child.timer = None
-        code = await child.proc.wait()
+        child.remove(work)
+        child.done += 1
+        child.last_end = msg.ended
+        self._set_withdraw(work, 0)  # a withdrawal on its way came too late: it ran
+        if not work.started and self._on_start is not None:
+            self._on_start(work)
+        work.started_at = msg.started
+        work.run_s = max(msg.ended - msg.started, 0.0)
+        self.times.add(work.task, work.run_s)
+        if self.max_tasks_per_child and child.done >= self.max_tasks_per_child:
+            self._drop(child)
+            self._spawn(child.close, self.kill_grace)
+            self._replace_later(child)
+        else:
+            self._start_head(child, msg.ended)
+        work._finish(msg.reply)
+
+    def _withdrawn(self, child: Child, seq: int, ok: bool) -> None:
+        work = next((w for w in child.jobs if w.seq == seq), None)
+        if work is None:
+            return  # answered already: its Done came first
+        why = self._set_withdraw(work, 0)
+        if ok:
+            first = child.jobs[0] is work
+            child.remove(work)
+            if why == CANCEL or self._closing or self.broken is not None:
+                work._finish(None)
+            else:
+                self._waiting.appendleft(work)
+            if first:
+                self._start_head(child, child.last_end)
+        elif why == CANCEL:
+            self._kill(child)
+            work._finish(None)
+        else:
+            self._start_head(child, child.last_end)  # it is running where it was
+
+    def _exited(self, child: Child) -> None:
+        """A child is gone: fail the job it was running, and pass on the ones queued in it."""
+        if child not in self._children:
+            return  # it never took jobs: it failed to start, or the pool never adopted it
         self._drop(child)
         self._children.discard(child)
-        work, child.work = child.work, None
-        if work is not None and not work.finished:
-            if child.timed_out is not None:
-                error = wire.ErrorInfo(
-                    type="TimeoutError",
-                    message=f"attempt exceeded its timeout of {child.timed_out:g} s; "
-                    "its child was killed",
-                    kind="timeout",
-                )
+        self._dirty.discard(child)
+        clean = child.input_closed and child.returncode == 0  # it ran all it had and left
+        jobs = list(child.jobs)
+        child.jobs.clear()
+        back: list[Work] = []
+        for i, work in enumerate(jobs):
+            work.child = None
+            why = self._set_withdraw(work, 0)
+            if work.finished:
+                continue
+            if why == CANCEL:
+                work._finish(None)
+            elif i == 0 and not clean:
+                self._failed(child, work)
+            elif self._closing or self.broken is not None:
+                work._finish(None)
             else:
-                error = wire.ErrorInfo(
-                    type="ChildDied",
-                    message=f"the child process running the job died ({_describe_exit(code)})",
-                    kind="crashed",
-                )
-            work._finish(wire.ChildReply(ok=False, error=error))
+                back.append(work)
+        self._waiting.extendleft(reversed(back))
         self._replace_later(child)
-        child.exited.set()
+        self._schedule()
         self._changed()
 
+    def _failed(self, child: Child, work: Work) -> None:
+        if work.started:
+            work.run_s = time.monotonic() - work.started_at
+            self.times.add(work.task, work.run_s)
+        work._finish(wire.ChildReply(ok=False, error=child.failure()))
+
     async def close(self, *, kill: bool = False) -> None:
-        """Stop every child; waiting jobs get ``on_done(None)``.
+        """Stop every child; jobs not started get ``on_done(None)``.
 
         :param kill: kill the children now (their jobs get ``on_done(None)``); else close their
-            input, so that each finishes its job (the reply is delivered) and exits.
+            input, so that each finishes the job it runs (the reply is delivered) and exits.
         """
         self._closing = True
+        if self._balance_at is not None:
+            self._balance_at.cancel()
         waiting = list(self._waiting)
         self._waiting.clear()
         for work in waiting:
@@ -489,17 +500,12 @@ class Pool:
         children = list(self._children)
         for child in children:
             self._drop(child)
-            if kill:
-                if not child.dead:
-                    child.kill(self.kill_grace)
-                if child.work is not None:
-                    child.work._finish(None)
+            for work in list(child.jobs):
+                if kill:
+                    work._finish(None)
+                elif not work.started and not work.finished:
+                    self._withdraw(work, CANCEL)  # answered before the child sees its end
+            if kill and not child.dead:
+                child.kill(self.kill_grace)
         await asyncio.gather(*(c.close(self.kill_grace) for c in children), return_exceptions=True)
-        deadline = asyncio.get_running_loop().time() + 1.0
-        for child in children:  # let each reader deliver its child's last reply
-            left = deadline - asyncio.get_running_loop().time()
-            if child.exited.is_set() or left <= 0:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(child.exited.wait(), left)
         self._changed()

@@ -60,7 +60,14 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = msgspec.field(default_factory=_cpu_count)
     prefetch: Annotated[
-        int, Meta(ge=0, description="jobs claimed beyond the free children, to wait for one")
+        int,
+        Meta(
+            ge=0,
+            description="jobs queued in each child behind the one it runs; 0: adaptive, up to"
+            " 5 ms of the tasks' measured run time (at most 64), and one job held ready per"
+            " child for tasks under 100 ms",
+            extra={"default": "0 (adaptive)"},
+        ),
     ] = 0
     burst: Annotated[
         bool, Meta(description="exit once the queue is empty and nothing is in flight")

@@ -133,6 +133,7 @@ class Worker:
                 max_tasks_per_child=s.max_tasks_per_child,
                 kill_grace=s.kill_grace,
                 max_start_failures=s.max_start_failures,
+                prefetch=s.prefetch or None,
                 on_change=self._notify,
                 on_broken=self._broken,
                 on_start=self._started,

@@ -1,0 +1,380 @@
+"""The supervisor's side of one child process: its pipes, and the jobs written into it.
+
+A :class:`Child` is the asyncio protocol of the child's pipes. It parses the frames the child
+writes (:mod:`._frames`) and hands them to its pool a chunk at a time, buffers the frames the
+pool writes until the pool flushes them (one system call for many jobs), and reports the
+child's end once both its exit status is known and every frame it wrote has been read.
+
+A :class:`Work` is one job handed to the pool; while it sits in a child's pipe it is in that
+child's :attr:`Child.jobs`, in the order the child runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+import msgspec
+
+from .. import wire
+from ._frames import HEADER, READY, START_FAILED, Done, Withdrawn, decode_reply
+
+__all__ = (
+    "CANCEL", "STEAL", "Child", "PoolStartError", "Work", "describe_exit", "spawn", "takeovers",
+)  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+STEAL = 1  # a withdrawal to run the job in another child: left where it is if it started
+CANCEL = 2  # a withdrawal to give the job up: its child is killed if it started
+EOF_GRACE = 1.0  # seconds to wait for a dead child's pipe to close (a grandchild may hold it)
+_TRACEBACK_LINES = 20  # the end of a child's start-up traceback kept in errors
+
+
+class PoolStartError(RuntimeError):
+    """Raised when a child process can't start; the message holds the child's error."""
+
+
+def describe_exit(code: int | None) -> str:
+    """A child's exit status in words."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Work:
+    """One job handed to the pool; ``on_done`` is called once, with the reply or None.
+
+    :ivar tag: the submitter's own reference, for :class:`~.pool.Pool`'s ``on_start``.
+    :ivar started_at: ``time.monotonic()`` when its child started it (0 before).
+    :ivar run_s: how long its child ran it, once the child replied.
+    """
+
+    __slots__ = (
+        "seq", "task", "data", "timeout", "on_done", "finished", "child", "tag", "placed_at",
+        "started_at", "run_s", "estimate", "withdraw",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        seq: int,
+        task: str,
+        data: bytearray,
+        timeout: float | None,
+        on_done: Callable[[wire.ChildReply | None], None],
+        tag: Any = None,
+    ) -> None:
+        self.seq = seq
+        self.task = task
+        self.data = data  # the framed Run, written into a child (again, if it comes back)
+        self.timeout = timeout
+        self.on_done = on_done
+        self.finished = False
+        self.child: Child | None = None  # the child whose pipe holds it
+        self.tag = tag
+        self.placed_at = 0.0  # when it was last written into a child
+        self.started_at = 0.0
+        self.run_s: float | None = None
+        self.estimate = 0.0  # its task's estimated run time when it was queued
+        self.withdraw = 0  # STEAL or CANCEL while a withdrawal is unanswered
+
+    @property
+    def started(self) -> bool:
+        """True once its child has started it: cancelling it then kills that child."""
+        return self.started_at > 0
+
+    @property
+    def queued(self) -> bool:
+        """True while it waits in a child's pipe behind the job that child runs."""
+        return self.child is not None and not self.started
+
+    def _finish(self, reply: wire.ChildReply | None) -> None:
+        if not self.finished:
+            self.finished = True
+            self.on_done(reply)
+
+
+Frames = list[Done | Withdrawn]
+
+
+class Child(asyncio.SubprocessProtocol):
+    """One child process, its pipes and the jobs written into it.
+
+    :param on_frames: called with each chunk of frames the child wrote, after its first.
+    :param on_exit: called once, when the child has exited and all it wrote has been read.
+    """
+
+    def __init__(
+        self,
+        on_frames: Callable[[Child, Frames], None],
+        on_exit: Callable[[Child], None],
+    ) -> None:
+        self.on_frames = on_frames
+        self.on_exit = on_exit
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.stdin: asyncio.WriteTransport | None = None
+        self.pid = 0
+        self.first: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self.jobs: deque[Work] = deque()  # written into it and not answered, in its order
+        self.load_s = 0.0  # estimated run time of the jobs in ``jobs``
+        self.out: list[bytes | bytearray] = []  # frames to write at the pool's next flush
+        self.done = 0  # jobs it answered with Done
+        self.last_end = 0.0  # when its last job ended (its clock is ours)
+        self.timer: asyncio.TimerHandle | None = None
+        self.timed_out: float | None = None
+        self.in_service = False  # counted in the pool's capacity
+        self.dead = False  # being killed: its frames, if more still come, are ignored
+        self.replaced = False  # a replacement has been started for it
+        self.input_closed = False  # the pool closed its input: it exits when it is done
+        self.stealing = False  # a job is being withdrawn from another child for it
+        self.exited = asyncio.Event()
+        self._buffer = bytearray()
+        self._eof = False
+        self._ended = False
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports have these methods without deriving from asyncio's classes
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+        self.pid = self.transport.get_pid()
+        self.stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd != 1:
+            return
+        buf = self._buffer
+        buf += data
+        frames: list[bytes] = []
+        at, size = 0, len(buf)
+        while size - at >= HEADER.size:
+            (n,) = HEADER.unpack_from(buf, at)
+            end = at + HEADER.size + n
+            if end > size:
+                break
+            frames.append(bytes(buf[at + HEADER.size : end]))
+            at = end
+        del buf[:at]
+        if not frames:
+            return
+        if not self.first.done():
+            self.first.set_result(frames.pop(0))
+        if frames and not self.dead:
+            self._deliver(frames)
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        try:
+            decoded = [decode_reply(f) for f in frames]
+        except msgspec.DecodeError as exc:
+            self.fail(f"sent a frame that is not a reply ({exc})")
+            return
+        self.on_frames(self, decoded)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._eof = True
+            self._end()
+
+    def process_exited(self) -> None:
+        if not self._eof:
+            asyncio.get_running_loop().call_later(EOF_GRACE, self._give_up_on_eof)
+        self._end()
+
+    def _give_up_on_eof(self) -> None:
+        self._eof = True
+        self._end()
+
+    def _end(self) -> None:
+        if not self.first.done():
+            self.first.set_result(None)
+        if self._ended or not self._eof or self.returncode is None:
+            return
+        self._ended = True
+        self.dead = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            self.transport.close()
+        self.on_exit(self)
+        self.exited.set()
+
+    # -- control ---------------------------------------------------------------------------
+
+    def failure(self) -> wire.ErrorInfo:
+        """Why the job it was running failed: its timeout, or its death."""
+        if self.timed_out is not None:
+            return wire.ErrorInfo(
+                type="TimeoutError",
+                message=f"attempt exceeded its timeout of {self.timed_out:g} s; "
+                "its child was killed",
+                kind="timeout",
+            )
+        return wire.ErrorInfo(
+            type="ChildDied",
+            message=f"the child process running the job died ({describe_exit(self.returncode)})",
+            kind="crashed",
+        )
+
+    @property
+    def returncode(self) -> int | None:
+        return self.transport.get_returncode() if self.transport is not None else None
+
+    def fail(self, why: str) -> None:
+        """The child broke the protocol: kill it (its jobs are then dealt with as on a death)."""
+        log.error("child %d %s; killing it", self.pid, why)
+        self.kill(0.0)
+
+    def signal(self, sig: int) -> None:
+        if self.transport is not None and self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.send_signal(sig)
+
+    def kill(self, grace: float) -> None:
+        """TERM now, KILL after ``grace`` seconds if it is still there."""
+        self.dead = True
+        self.signal(signal.SIGTERM)
+        asyncio.get_running_loop().call_later(grace, self.signal, signal.SIGKILL)
+
+    def flush(self) -> None:
+        """Write the frames buffered for the child, in one system call."""
+        out, self.out = self.out, []
+        if out and self.stdin is not None and not (self.input_closed or self.dead):
+            self.stdin.writelines(out)
+
+    def close_input(self) -> None:
+        """End of input: the child runs the jobs it holds and exits."""
+        self.flush()
+        self.input_closed = True
+        if self.stdin is not None:
+            self.stdin.close()
+
+    async def close(self, grace: float) -> None:
+        """Close its input; kill it if it has not exited within ``grace`` seconds."""
+        self.close_input()
+        try:
+            await asyncio.wait_for(self.exited.wait(), grace)
+        except TimeoutError:
+            self.signal(signal.SIGKILL)
+            await self.exited.wait()
+
+    # -- its jobs --------------------------------------------------------------------------
+
+    def add(self, work: Work, now: float) -> None:
+        """Queue ``work`` in this child (written at the next flush)."""
+        work.child = self
+        work.placed_at = now
+        self.jobs.append(work)
+        self.load_s += work.estimate
+        self.out.append(work.data)
+
+    def remove(self, work: Work) -> None:
+        """``work`` was answered or given back: it is no longer in this child."""
+        self.jobs.remove(work)
+        self.load_s -= work.estimate
+        if not self.jobs:
+            self.load_s = 0.0  # no drift from float sums
+        work.child = None
+
+    def takeover(self, now: float, after: float) -> tuple[Work | None, float, float]:
+        """The last job queued here, if another child may take it over (no withdrawal on its
+        way); how long it would still wait here; and when that wait will pass ``after``
+        seconds, if it has not yet (else infinity)."""
+        never = float("inf")
+        if len(self.jobs) < 2 or self.dead:
+            return None, 0.0, never
+        last, head = self.jobs[-1], self.jobs[0]
+        if last.withdraw or last.started or not head.started:
+            return None, 0.0, never
+        ran = now - head.started_at
+        # the head's time left: the rest of its estimate or, once past it, as long again
+        left = head.estimate - ran if ran < head.estimate else ran
+        wait = left + self.queued_s - last.estimate
+        return last, wait, never if wait > after else head.started_at + max(head.estimate, after)
+
+    def room(self, limit: int | None) -> bool:
+        """Can it take another job into its pipe (before the queuing rule), given the jobs it
+        may run in its life (``limit``, None: no limit)?"""
+        return self.in_service and (limit is None or self.done + len(self.jobs) < limit)
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting behind the one it runs."""
+        return max(len(self.jobs) - 1, 0)
+
+    @property
+    def queued_s(self) -> float:
+        """Estimated run time of the jobs waiting behind the one it runs."""
+        return self.load_s - self.jobs[0].estimate if self.jobs else 0.0
+
+
+def takeovers(
+    children: list[Child], idle: int, now: float, after: float
+) -> tuple[list[Work], float]:
+    """Jobs queued in ``children`` that ``idle`` idle children should take over: the last one
+    of each child where it would still wait more than ``after`` seconds; and the soonest time
+    another may qualify (infinity: none)."""
+    taken: list[Work] = []
+    recheck = float("inf")
+    for child in children:
+        if len(taken) >= idle:
+            break
+        last, wait, when = child.takeover(now, after)
+        if last is not None and wait > after:
+            taken.append(last)
+        recheck = min(recheck, when)
+    return taken, recheck
+
+
+async def spawn(
+    spec: str,
+    start_timeout: float,
+    on_frames: Callable[[Child, Frames], None],
+    on_exit: Callable[[Child], None],
+) -> Child:
+    """Start a child for the queue at ``spec`` and wait until it has imported the tasks.
+
+    :raises PoolStartError: if it could not (its error in the message), or was not ready
+        within ``start_timeout`` seconds; the child is gone by then.
+    """
+    child = Child(on_frames, on_exit)
+    await asyncio.get_running_loop().subprocess_exec(
+        lambda: child,
+        sys.executable, "-m", "aioqueue.worker._child", spec,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    late = False
+    try:
+        first = await asyncio.wait_for(asyncio.shield(child.first), start_timeout)
+    except TimeoutError:
+        first, late = None, True
+    except BaseException:
+        child.signal(signal.SIGKILL)
+        raise
+    if first == READY:
+        return child
+    child.signal(signal.SIGKILL)
+    await child.exited.wait()
+    if first is None:
+        what = f"not ready within {start_timeout:g} s" if late else describe_exit(child.returncode)
+        raise PoolStartError(
+            f"a child process for {spec} failed to start ({what}); see its error output"
+        )
+    if first.startswith(START_FAILED):
+        report = first[len(START_FAILED) :].decode(errors="replace").rstrip()
+        tail = "\n".join(report.splitlines()[-_TRACEBACK_LINES:])
+        raise PoolStartError(f"a child process could not import {spec}:\n{tail}")
+    raise PoolStartError(f"a child process sent {first[:20]!r} instead of a ready frame")
