@@ -35,7 +35,9 @@ Reply = tuple[str, int]  # per job: its id, and 1 created, 0 a duplicate, -1 no 
 class Prepared:
     """One job checked and encoded, ready for the submit script."""
 
-    __slots__ = ("id", "data", "priority", "delay_ms", "key", "after", "group", "group_limit")
+    __slots__ = (
+        "id", "data", "priority", "delay_ms", "key", "after", "group", "group_limit", "rate"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -47,6 +49,7 @@ class Prepared:
         after: tuple[str, ...] = (),
         group: str | None = None,
         group_limit: int = 1,
+        rate: str = "",
     ):
         self.id = id
         self.data = data
@@ -56,6 +59,7 @@ class Prepared:
         self.after = after
         self.group = group
         self.group_limit = group_limit
+        self.rate = rate
 
 
 def prepare(
@@ -109,8 +113,12 @@ def prepare(
             f"{name}: encoded job is {len(data):,} bytes, over the queue's "
             f"max_payload limit of {max_payload:,} bytes"
         )
+    rate = opts.rate or (td.rate if td is not None else None)
+    spec = ""
+    if rate is not None:
+        spec = f"{opts.rate_key or f'task:{name}'} {rate[0]} {max(1, round(rate[1] * 1000))}"
     return Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key, opts.after,
-                    group, limit)  # fmt: skip
+                    group, limit, spec)  # fmt: skip
 
 
 class Coalescer:

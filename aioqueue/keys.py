@@ -30,7 +30,7 @@ class Keys:
     __slots__ = (
         "prefix", "jobs", "pending", "scheduled", "priority", "attempts", "tokens",
         "leases", "dead", "errors", "wake", "workers", "worker_info", "stats", "done_channel",
-        "paused", "schedules", "cancels", "full", "blocked", "gactive", "glimit",
+        "paused", "schedules", "cancels", "full", "blocked", "gactive", "glimit", "rated", "tat",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -56,6 +56,8 @@ class Keys:
         self.blocked = p + "blocked"  # id -> parents not finished (a job that runs after others)
         self.gactive = p + "gactive"  # group -> slots held (per-key concurrency)
         self.glimit = p + "glimit"  # group -> its limit
+        self.rated = p + "rated"  # id -> "key count period_ms" of a rate-limited job
+        self.tat = p + "tat"  # rate key -> theoretical arrival time (ms): the rates' state
         self.schedules = p + "schedules"  # name -> last tick fired (ms); name:next, name:about
 
     def result(self, job_id: str) -> str:

@@ -47,6 +47,10 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
         customer id) are let into pending or run at once, across all workers; the others wait
         in Redis in submit order (so with a limit of 1 a key's jobs run one by one, in order).
     :ivar group_limit: the group's limit (default 1).
+    :ivar rate: ``(count, seconds)``: at most ``count`` jobs of ``rate_key`` start in any
+        ``seconds``, across all workers (spaced out evenly after a burst); a job over the rate
+        waits in Redis for its moment, unclaimed.
+    :ivar rate_key: what the rate counts (default: the task).
     """
 
     key: str | None = None
@@ -60,6 +64,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     after: tuple[str, ...] = ()
     group: str | None = None
     group_limit: int = 1
+    rate: tuple[int, float] | None = None
+    rate_key: str | None = None
 
     def validate(self) -> None:
         """:raises InvalidOptions: naming the first option out of range."""
@@ -97,8 +103,31 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
             )
         if type(self.group_limit) is not int or self.group_limit < 1:
             raise InvalidOptions(f"group_limit must be an int >= 1, got {self.group_limit!r}")
+        check_rate(self.rate)
+        if self.rate_key is not None and (
+            not isinstance(self.rate_key, str) or not 0 < len(self.rate_key) <= MAX_KEY_LENGTH
+        ):
+            raise InvalidOptions(
+                f"rate_key must be a non-empty str of at most {MAX_KEY_LENGTH} chars: "
+                f"{self.rate_key!r}"
+            )
         if self.group is not None and self.after:
             raise InvalidOptions("a job can't both run after others and belong to a group")
+
+
+def check_rate(rate: object) -> None:
+    """:raises InvalidOptions: ``rate`` is not None nor ``(count >= 1, seconds > 0)``."""
+    if rate is None:
+        return
+    if not (
+        isinstance(rate, tuple)
+        and len(rate) == 2
+        and type(rate[0]) is int
+        and rate[0] >= 1
+        and _number(rate[1])
+        and 0 < rate[1] < 10**9
+    ):
+        raise InvalidOptions(f"rate must be (count >= 1, seconds > 0), got {rate!r}")
 
 
 def _number(v: object) -> bool:

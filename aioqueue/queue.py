@@ -141,6 +141,7 @@ class Queue(Submits):
         every: float | None = None,
         tz: str = "UTC",
         concurrency: int | None = None,
+        rate: tuple[int, float] | None = None,
     ) -> Callable[[F], F]: ...
     def task(
         self,
@@ -154,6 +155,7 @@ class Queue(Submits):
         every: float | None = None,
         tz: str = "UTC",
         concurrency: int | None = None,
+        rate: tuple[int, float] | None = None,
     ) -> Any:
         """Register a plain function as a task; it runs in a worker's child process.
 
@@ -164,10 +166,12 @@ class Queue(Submits):
             or ``every`` so many seconds. See :meth:`schedule` for the rest.
         :param concurrency: at most this many of its jobs run at once, across all workers (its
             jobs beyond wait in Redis, in submit order).
+        :param rate: ``(count, seconds)``: at most ``count`` of its jobs start in any ``seconds``,
+            across all workers.
         """
 
         def register(f: F) -> F:
-            kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency}
+            kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency, "rate": rate}
             if retries is not None:
                 kwargs["retries"] = retries
             td = TaskDef(name or task_name(f), f, **kwargs)
@@ -305,6 +309,8 @@ class Queue(Submits):
         after: Job[Any] | str | Sequence[Job[Any] | str] = (),
         group: str | None = None,
         group_limit: int = 1,
+        rate: tuple[int, float] | None = None,
+        rate_key: str | None = None,
     ) -> Submitter:
         """Submit with options: ``await queue.options(key="report-42", delay=5).submit(fn, x)``.
 
@@ -325,6 +331,8 @@ class Queue(Submits):
             after=tuple(p if isinstance(p, str) else p.id for p in parents),
             group=group,
             group_limit=group_limit,
+            rate=rate,
+            rate_key=rate_key,
         )
         return Submitter(self, opts)
 
@@ -365,7 +373,9 @@ class Queue(Submits):
         """Run the submit script for these jobs; per job, its id (the original job's, when a
         de-duplication key matched) and whether it was created."""
         jobs = [
-            NewJob(p.id, p.data, p.priority, p.delay_ms, p.key, p.after, p.group, p.group_limit)
+            NewJob(
+                p.id, p.data, p.priority, p.delay_ms, p.key, p.after, p.group, p.group_limit, p.rate
+            )  # fmt: skip
             for p in prepared
         ]
         return await self.scripts.submit(jobs, self.max_pending or 0)

@@ -150,6 +150,7 @@ class NewJob:
     after: tuple[str, ...] = ()  # the jobs it runs after
     group: str | None = None  # per-key concurrency: at most group_limit of its group at once
     group_limit: int = 1
+    rate: str = ""  # "key count period_ms": at most count starts of the key per period
 
 
 @dataclass(slots=True)
@@ -265,13 +266,13 @@ class Scripts:
         ``bound`` waiting jobs already (0: no bound) and nothing was written for it."""
         k = self.keys
         keys = [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full, k.blocked,
-                k.gactive, k.glimit]  # fmt: skip
+                k.gactive, k.glimit, k.rated]  # fmt: skip
         args: list[Any] = [bound]
         for j in jobs:
             keys += [k.result(j.id), k.dedup(j.key) if j.key is not None else k.jobs,
                      k.gq(j.group) if j.group else k.jobs]  # fmt: skip
             args += [j.id, j.data, j.priority, j.delay_ms, "1" if j.key is not None else "0",
-                     j.group or "", j.group_limit, len(j.after), *j.after]  # fmt: skip
+                     j.group or "", j.group_limit, j.rate, len(j.after), *j.after]  # fmt: skip
             for parent in j.after:
                 keys += [k.after(parent), k.result(parent)]
         reply = await self._run("submit", keys, args)
@@ -284,8 +285,8 @@ class Scripts:
         keys, args = [k.schedules], [schedule, tick_ms]
         if job is not None:
             keys += [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full, k.blocked,
-                     k.gactive, k.glimit, k.result(job.id), k.jobs, k.jobs]  # fmt: skip
-            args += [job.id, job.data, job.priority, job.delay_ms, "0", "", 1, 0]
+                     k.gactive, k.glimit, k.rated, k.result(job.id), k.jobs, k.jobs]  # fmt: skip
+            args += [job.id, job.data, job.priority, job.delay_ms, "0", "", 1, job.rate, 0]
         return bool(await self._run("tick", keys, args))
 
     async def cancel(
@@ -299,7 +300,7 @@ class Scripts:
         it runs and its holder was asked to stop it, 0 if it finished otherwise or is unknown."""
         k = self.keys
         keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats,
-                k.leases, k.cancels, k.blocked, k.gactive, k.glimit, k.wake]  # fmt: skip
+                k.leases, k.cancels, k.blocked, k.gactive, k.glimit, k.wake, k.rated]  # fmt: skip
         args: list[Any] = [k.done_channel, result_ttl_ms]
         for job_id, outcome, dedup, *group in jobs:
             g = group[0] if group else None
@@ -368,7 +369,7 @@ class Scripts:
         k = self.keys
         keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
                 k.dead, k.errors, k.wake, k.stats, k.cancels, k.blocked, k.gactive,
-                k.glimit]  # fmt: skip
+                k.glimit, k.rated]  # fmt: skip
         args: list[Any] = [k.done_channel, dead_ttl_ms, max_dead]
         for f in items:
             keys += [k.result(f.id), k.dedup(f.dedup) if f.dedup else k.jobs, k.after(f.id),
@@ -395,7 +396,8 @@ class Scripts:
         """
         ks = self.keys
         claim_keys = [ks.pending, ks.scheduled, ks.priority, ks.jobs, ks.attempts, ks.tokens,
-                      ks.leases, ks.wake, ks.stats, ks.paused, ks.full]  # fmt: skip
+                      ks.leases, ks.wake, ks.stats, ks.paused, ks.full, ks.rated,
+                      ks.tat]  # fmt: skip
         claim_args: list[Any] = [k, lease_ms, f"{holder}:", receipt.call, ks.done_channel]
         if not finish:
             return [], _claim_reply(await self._run("claim", claim_keys, claim_args, receipt))

@@ -32,6 +32,8 @@ class TaskDef:
     :ivar timeout: seconds an attempt may run before its child is killed (None: no limit).
     :ivar concurrency: at most this many of its jobs run at once across all workers (None: no
         limit); a job's own ``options(group=...)`` takes precedence.
+    :ivar rate: ``(count, seconds)``: at most ``count`` of its jobs start in any ``seconds``,
+        across all workers; a job's own ``options(rate=...)`` takes precedence.
     """
 
     name: str
@@ -39,6 +41,7 @@ class TaskDef:
     retries: int = DEFAULT_RETRIES
     timeout: float | None = None
     concurrency: int | None = None
+    rate: tuple[int, float] | None = None
     _signature: inspect.Signature | None = field(default=None, init=False, repr=False)
     _types: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _return: Any = field(default=Any, init=False, repr=False)
@@ -52,6 +55,9 @@ class TaskDef:
             type(self.concurrency) is not int or self.concurrency < 1
         ):
             raise InvalidOptions(f"concurrency must be an int >= 1, got {self.concurrency!r}")
+        from .options import check_rate
+
+        check_rate(self.rate)
         try:
             self._signature = inspect.signature(self.fn)
             hints = typing.get_type_hints(self.fn)

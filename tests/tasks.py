@@ -175,3 +175,8 @@ def span(ledger: str, tag: str, seconds: float = 0.05) -> str:
 def one_at_a_time(ledger: str, tag: str) -> str:
     """At most one runs at once, across all workers."""
     return span(ledger, tag)
+
+
+@queue.task(rate=(4, 0.4))
+def paced() -> None:
+    """At most 4 start in any 0.4 s, across all workers."""

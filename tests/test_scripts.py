@@ -215,7 +215,7 @@ async def test_resent_cancel_requeue_and_purge_answer_as_the_first_time(
 def _cancel_call(queue: Queue, job_id: str, data: bytes) -> tuple[list[str], list[object]]:
     k = queue.keys
     keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats,
-            k.leases, k.cancels, k.blocked, k.gactive, k.glimit, k.wake,
+            k.leases, k.cancels, k.blocked, k.gactive, k.glimit, k.wake, k.rated,
             k.result(job_id), k.jobs, k.jobs]  # fmt: skip
     return keys, [k.done_channel, 60_000, job_id, data, "0", ""]
 

@@ -11,10 +11,17 @@
 -- KEYS[9] stats      hash   counters
 -- KEYS[10] paused    string exists while the queue is paused
 -- KEYS[11] full      string exists while a producer waits for room (see submit.lua)
+-- KEYS[12] rated     hash   id -> "key count period_ms" of a rate-limited job
+-- KEYS[13] tat       hash   rate key -> its theoretical arrival time (ms, GCRA)
 -- ARGV[1] k (max jobs to claim), ARGV[2] lease_ms, ARGV[3] token prefix, ARGV[4] first token seq,
 -- ARGV[5] the done channel, where a claim that made room says so (a message of one byte, 2)
 -- Returns {ms until the next scheduled job or -1, stale ids skipped, 1 if paused else 0, then
 --          per claimed job: id, token, attempts, envelope}
+-- A rate-limited job popped while its key is over its rate (count per period, GCRA: at most
+-- count in any period, spaced out after a burst) books the next free moment of the key and
+-- goes back to scheduled for it, unleased, its attempt uncounted (marked "=" in `rated`, so
+-- that it starts then without counting again); the claim's "ms until the next scheduled job"
+-- makes the worker wait for it without polling.
 -- While paused, due scheduled jobs are still promoted (they keep their schedule), but nothing is
 -- popped and no wake-up token is pushed: a worker told "paused" blocks on the wake list until
 -- resume.lua pushes one.
@@ -38,12 +45,32 @@ end
 local lease = tonumber(ARGV[2])
 local seq = tonumber(ARGV[4])
 local stale = 0
+local rated = k > 0 and redis.call('EXISTS', KEYS[12]) == 1
 if k > 0 then
   local popped = redis.call('ZPOPMIN', KEYS[1], k)
   for i = 1, #popped, 2 do
     local id = popped[i]
     local env = redis.call('HGET', KEYS[4], id)
-    if env and not redis.call('ZSCORE', KEYS[7], id) then
+    local leased = env and redis.call('ZSCORE', KEYS[7], id)
+    local wait = 0
+    if env and not leased and rated then
+      local spec = redis.call('HGET', KEYS[12], id)
+      if spec and string.sub(spec, 1, 1) == '=' then
+        redis.call('HSET', KEYS[12], id, string.sub(spec, 2))  -- back at its booked moment
+      elseif spec then
+        local key, count, period = string.match(spec, '^(.*) (%d+) (%d+)$')
+        local gap = tonumber(period) / tonumber(count)
+        local tat = math.max(tonumber(redis.call('HGET', KEYS[13], key) or '0'), now)
+        if tat - now > tonumber(period) - gap then  -- over the rate: book its moment
+          wait = tat - (tonumber(period) - gap) - now
+          redis.call('HSET', KEYS[12], id, '=' .. spec)
+        end
+        redis.call('HSET', KEYS[13], key, tat + gap)
+      end
+    end
+    if wait > 0 then
+      redis.call('ZADD', KEYS[2], now + math.ceil(wait), id)  -- back when its rate allows
+    elseif env and not leased then
       local attempts = redis.call('HINCRBY', KEYS[5], id, 1)
       local token = ARGV[3] .. seq
       seq = seq + 1

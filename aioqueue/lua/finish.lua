@@ -3,10 +3,10 @@
 -- KEYS[6] pending  KEYS[7] scheduled  KEYS[8] dead  KEYS[9] errors  KEYS[10] wake  KEYS[11] stats
 -- KEYS[12] cancels (id -> when a cancel of the running job was asked, ms)
 -- KEYS[13] blocked (id -> parents not finished yet, see submit.lua)
--- KEYS[14] gactive  KEYS[15] glimit (per-key concurrency, see _group.lua)
--- then for job i (0-based): KEYS[16 + 4i] result:{id}, KEYS[17 + 4i] dedup:{key} (any key if
--- none), KEYS[18 + 4i] after:{id} (the jobs waiting for this one: released once it is done),
--- KEYS[19 + 4i] gq:{group} (any key if none)
+-- KEYS[14] gactive  KEYS[15] glimit (per-key concurrency, see _group.lua)  KEYS[16] rated
+-- then for job i (0-based): KEYS[17 + 4i] result:{id}, KEYS[18 + 4i] dedup:{key} (any key if
+-- none), KEYS[19 + 4i] after:{id} (the jobs waiting for this one: released once it is done),
+-- KEYS[20 + 4i] gq:{group} (any key if none)
 -- ARGV[1] pub/sub channel for finished jobs (see _announce.lua), ARGV[2] dead_ttl_ms, ARGV[3] max_dead
 -- then per job (10 each): id, token, kind, result, error, delay_ms, ttl_ms, has_dedup, reaping,
 --   group ('' if none)
@@ -38,8 +38,8 @@ for i = 0, n - 1 do
   local b = H + i * 10
   local id, token, kind = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local reaping = ARGV[b + 9] == '1'
-  local rkey, dkey, akey = KEYS[16 + 4 * i], KEYS[17 + 4 * i], KEYS[18 + 4 * i]
-  local group, gqkey = ARGV[b + 10], KEYS[19 + 4 * i]
+  local rkey, dkey, akey = KEYS[17 + 4 * i], KEYS[18 + 4 * i], KEYS[19 + 4 * i]
+  local group, gqkey = ARGV[b + 10], KEYS[20 + 4 * i]
   local ttl = tonumber(ARGV[b + 7])
   local lease = redis.call('ZSCORE', KEYS[4], id)
   local held = lease and redis.call('HGET', KEYS[3], id) == token
@@ -130,6 +130,7 @@ for i = 0, n - 1 do
         end
       end
       redis.call('DEL', akey)
+      redis.call('HDEL', KEYS[16], id)
       if group ~= '' then
         woke = group_done(KEYS[14], KEYS[15], gqkey, group, KEYS[1], KEYS[5], KEYS[6]) or woke
       end

@@ -9,11 +9,13 @@
 -- KEYS[6] full       string exists while a producer waits for room (the next claim clears it)
 -- KEYS[7] blocked    hash   id -> parents not finished yet (a job that runs after others)
 -- KEYS[8] gactive    hash   group -> slots held   KEYS[9] glimit  hash  group -> limit
+-- KEYS[10] rated     hash   id -> "key count period_ms" of a rate-limited job (see claim.lua)
 -- then per job: KEYS result:{id}, dedup:{key} (any key if none), gq:{group} (any key if none),
 --   then per parent of the job: after:{parent} (set of the jobs waiting for it), result:{parent}
 -- ARGV[1] most jobs waiting (pending + scheduled) the queue takes; 0: no bound
 -- then per job: id, envelope, priority, delay_ms, has_dedup ("1" or "0"), group ('' if none),
---   group limit, the number of its parents, the parents' ids
+--   group limit, rate ('' if none, else "key count period_ms"), the number of its parents,
+--   the parents' ids
 -- A job of a group whose slots are all held waits in the group's list (see _group.lua).
 -- Returns a flat array, per job: the job id that holds the work (the original one on a
 -- de-duplication hit), and 1 when it is this call's job, 0 when another job holds the key, -1
@@ -31,18 +33,19 @@ local room = nil
 if bound > 0 then
   room = bound - redis.call('ZCARD', KEYS[2]) - redis.call('ZCARD', KEYS[3])
 end
-local a, k = 2, 10
+local a, k = 2, 11
 while a <= #ARGV do
   local id = ARGV[a]
   local prio = tonumber(ARGV[a + 2])
   local delay = tonumber(ARGV[a + 3])
   local has_dedup = ARGV[a + 4] == '1'
   local group, limit = ARGV[a + 5], tonumber(ARGV[a + 6])
-  local nparents = tonumber(ARGV[a + 7])
+  local rate = ARGV[a + 7]
+  local nparents = tonumber(ARGV[a + 8])
   local rkey, dkey, gqkey = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local env = ARGV[a + 1]
-  local pa, pk = a + 8, k + 3
-  a, k = a + 8 + nparents, k + 3 + 2 * nparents
+  local pa, pk = a + 9, k + 3
+  a, k = a + 9 + nparents, k + 3 + 2 * nparents
   local other = false
   if has_dedup then
     other = redis.call('GET', dkey)
@@ -62,6 +65,9 @@ while a <= #ARGV do
       room = room - 1
     end
     redis.call('HSET', KEYS[1], id, env)
+    if rate ~= '' then
+      redis.call('HSET', KEYS[10], id, rate)
+    end
     if prio ~= 0 then
       redis.call('HSET', KEYS[4], id, prio)
     end
