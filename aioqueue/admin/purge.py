@@ -74,7 +74,8 @@ async def purge(session: Session, out: Output, name: str, yes: bool, force: bool
         )
     fixed = [k.jobs, k.pending, k.scheduled, k.priority, k.attempts, k.tokens, k.leases,
              k.dead, k.errors, k.wake, k.workers, k.worker_info, k.stats, k.paused,
-             k.schedules, k.cancels, k.full, k.blocked, k.gactive, k.glimit]  # fmt: skip
+             k.schedules, k.cancels, k.full, k.blocked, k.gactive, k.glimit, k.rated,
+             k.tat]  # fmt: skip
     deleted += await call_redis(q.redis.unlink(*fixed), q.redis_url)
     await call_redis(q.redis.srem(REGISTRY, name), q.redis_url)
     data: dict[str, Any] = {"queue": name, "jobs": jobs, "keys_deleted": deleted}
