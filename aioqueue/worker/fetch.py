@@ -11,6 +11,10 @@ until ``Queue.resume()`` pushes a token that ends the wait at once.
 A claim whose reply was lost is re-sent as is, under the same receipt, before anything else: it
 then returns the jobs it leased the first time instead of popping others, so no job sits leased
 to a worker that never heard of it.
+
+A claim that got fewer jobs than it asked for emptied the queue: the loop then blocks on the
+wake-up list (a job submitted since left a token there) rather than claim again at once, so
+that on a quiet queue a job costs one claim and one finish, not an extra empty claim.
 """
 
 from __future__ import annotations
@@ -92,13 +96,17 @@ class Fetcher:
                     await w.wait_change()
                     continue
                 self._new_claim(free)
+            asked = self.unanswered.k if self.unanswered is not None else 0
             try:
                 claim = await self._send()
                 w.outage.ok()
                 backoff.reset()
                 self._took(claim)
                 self._note_pause(claim.paused)
-                if claim.jobs:
+                if len(claim.jobs) + claim.stale >= asked:
+                    continue  # there may be more
+                if claim.jobs:  # the queue is empty now; a job submitted since left a token
+                    await self._block(claim.next_due_ms)
                     continue
                 if s.burst and not w.running and await w.queue_empty():
                     log.info("burst: queue empty, stopping")

@@ -309,8 +309,9 @@ class Pool:
         child.add(work, time.monotonic())
         self._dirty.add(child)
         self._schedule()
-        if len(child.jobs) == 1:
+        if len(child.jobs) == 1:  # an idle child: no reason to wait for more
             self._start_head(child, work.placed_at)
+            child.flush()
 
     def _start_head(self, child: Child, since: float) -> None:
         """The first job in ``child``'s pipe has started: when the job before it ended
