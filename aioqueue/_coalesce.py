@@ -36,7 +36,8 @@ class Prepared:
     """One job checked and encoded, ready for the submit script."""
 
     __slots__ = (
-        "id", "data", "priority", "delay_ms", "key", "after", "group", "group_limit", "rate"
+        "id", "data", "priority", "delay_ms", "key", "after", "group", "group_limit", "rate",
+        "debounce",
     )  # fmt: skip
 
     def __init__(
@@ -50,6 +51,7 @@ class Prepared:
         group: str | None = None,
         group_limit: int = 1,
         rate: str = "",
+        debounce: bool = False,
     ):
         self.id = id
         self.data = data
@@ -60,6 +62,7 @@ class Prepared:
         self.group = group
         self.group_limit = group_limit
         self.rate = rate
+        self.debounce = debounce
 
 
 def prepare(
@@ -117,8 +120,9 @@ def prepare(
     spec = ""
     if rate is not None:
         spec = f"{opts.rate_key or f'task:{name}'} {rate[0]} {max(1, round(rate[1] * 1000))}"
-    return Prepared(job_id, data, opts.priority, int(opts.delay * 1000), opts.key, opts.after,
-                    group, limit, spec)  # fmt: skip
+    delay = opts.debounce if opts.debounce is not None else opts.delay
+    return Prepared(job_id, data, opts.priority, int(delay * 1000), opts.key, opts.after,
+                    group, limit, spec, opts.debounce is not None)  # fmt: skip
 
 
 class Coalescer:

@@ -51,6 +51,10 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
         ``seconds``, across all workers (spaced out evenly after a burst); a job over the rate
         waits in Redis for its moment, unclaimed.
     :ivar rate_key: what the rate counts (default: the task).
+    :ivar debounce: seconds, with ``key``: the job starts that long after the last submit with
+        its key; each submit before it starts gives it the newest arguments and moves its start
+        on (one run per burst, with the last arguments); a submit once it started makes a new
+        job.
     """
 
     key: str | None = None
@@ -66,6 +70,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     group_limit: int = 1
     rate: tuple[int, float] | None = None
     rate_key: str | None = None
+    debounce: float | None = None
 
     def validate(self) -> None:
         """:raises InvalidOptions: naming the first option out of range."""
@@ -104,6 +109,11 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
         if type(self.group_limit) is not int or self.group_limit < 1:
             raise InvalidOptions(f"group_limit must be an int >= 1, got {self.group_limit!r}")
         check_rate(self.rate)
+        if self.debounce is not None:
+            if not _number(self.debounce) or not 0 < self.debounce < 10**9:
+                raise InvalidOptions(f"debounce must be > 0 seconds, got {self.debounce!r}")
+            if self.key is None or self.delay:
+                raise InvalidOptions("debounce needs a key (what it debounces), and no delay")
         if self.rate_key is not None and (
             not isinstance(self.rate_key, str) or not 0 < len(self.rate_key) <= MAX_KEY_LENGTH
         ):

@@ -311,6 +311,7 @@ class Queue(Submits):
         group_limit: int = 1,
         rate: tuple[int, float] | None = None,
         rate_key: str | None = None,
+        debounce: float | None = None,
     ) -> Submitter:
         """Submit with options: ``await queue.options(key="report-42", delay=5).submit(fn, x)``.
 
@@ -333,6 +334,7 @@ class Queue(Submits):
             group_limit=group_limit,
             rate=rate,
             rate_key=rate_key,
+            debounce=debounce,
         )
         return Submitter(self, opts)
 
@@ -374,7 +376,16 @@ class Queue(Submits):
         de-duplication key matched) and whether it was created."""
         jobs = [
             NewJob(
-                p.id, p.data, p.priority, p.delay_ms, p.key, p.after, p.group, p.group_limit, p.rate
+                p.id,
+                p.data,
+                p.priority,
+                p.delay_ms,
+                p.key,
+                p.after,
+                p.group,
+                p.group_limit,
+                p.rate,
+                p.debounce,
             )  # fmt: skip
             for p in prepared
         ]

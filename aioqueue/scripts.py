@@ -151,6 +151,7 @@ class NewJob:
     group: str | None = None  # per-key concurrency: at most group_limit of its group at once
     group_limit: int = 1
     rate: str = ""  # "key count period_ms": at most count starts of the key per period
+    debounce: bool = False  # its key debounces: see lua/submit.lua
 
 
 @dataclass(slots=True)
@@ -272,7 +273,8 @@ class Scripts:
             keys += [k.result(j.id), k.dedup(j.key) if j.key is not None else k.jobs,
                      k.gq(j.group) if j.group else k.jobs]  # fmt: skip
             args += [j.id, j.data, j.priority, j.delay_ms, "1" if j.key is not None else "0",
-                     j.group or "", j.group_limit, j.rate, len(j.after), *j.after]  # fmt: skip
+                     j.group or "", j.group_limit, j.rate, "1" if j.debounce else "0",
+                     len(j.after), *j.after]  # fmt: skip
             for parent in j.after:
                 keys += [k.after(parent), k.result(parent)]
         reply = await self._run("submit", keys, args)
@@ -286,7 +288,7 @@ class Scripts:
         if job is not None:
             keys += [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full, k.blocked,
                      k.gactive, k.glimit, k.rated, k.result(job.id), k.jobs, k.jobs]  # fmt: skip
-            args += [job.id, job.data, job.priority, job.delay_ms, "0", "", 1, job.rate, 0]
+            args += [job.id, job.data, job.priority, job.delay_ms, "0", "", 1, job.rate, "0", 0]
         return bool(await self._run("tick", keys, args))
 
     async def cancel(

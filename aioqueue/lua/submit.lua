@@ -14,8 +14,12 @@
 --   then per parent of the job: after:{parent} (set of the jobs waiting for it), result:{parent}
 -- ARGV[1] most jobs waiting (pending + scheduled) the queue takes; 0: no bound
 -- then per job: id, envelope, priority, delay_ms, has_dedup ("1" or "0"), group ('' if none),
---   group limit, rate ('' if none, else "key count period_ms"), the number of its parents,
---   the parents' ids
+--   group limit, rate ('' if none, else "key count period_ms"), debounce ("1": the job's
+--   de-duplication key debounces, see below), the number of its parents, the parents' ids
+-- Debounce: while the job holding the key has not started (it is scheduled), a debounced
+-- submit with the same key gives it this submit's envelope and moves its start to delay_ms
+-- from now, and answers with that job's id; once it started, the submit makes a new job that
+-- takes the key over.
 -- A job of a group whose slots are all held waits in the group's list (see _group.lua).
 -- Returns a flat array, per job: the job id that holds the work (the original one on a
 -- de-duplication hit), and 1 when it is this call's job, 0 when another job holds the key, -1
@@ -41,14 +45,27 @@ while a <= #ARGV do
   local has_dedup = ARGV[a + 4] == '1'
   local group, limit = ARGV[a + 5], tonumber(ARGV[a + 6])
   local rate = ARGV[a + 7]
-  local nparents = tonumber(ARGV[a + 8])
+  local debounce = ARGV[a + 8] == '1'
+  local nparents = tonumber(ARGV[a + 9])
   local rkey, dkey, gqkey = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local env = ARGV[a + 1]
-  local pa, pk = a + 9, k + 3
-  a, k = a + 9 + nparents, k + 3 + 2 * nparents
+  local pa, pk = a + 10, k + 3
+  a, k = a + 10 + nparents, k + 3 + 2 * nparents
   local other = false
   if has_dedup then
     other = redis.call('GET', dkey)
+  end
+  if other and debounce and other ~= id then
+    if redis.call('ZSCORE', KEYS[3], other) then  -- not started yet: this submit's arguments,
+      if not now then                             -- and its start moved on
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      redis.call('HSET', KEYS[1], other, env)
+      redis.call('ZADD', KEYS[3], now + delay, other)
+    else
+      other = false  -- started or finished: a new job takes the key over
+    end
   end
   if other then
     out[#out + 1] = other
