@@ -154,3 +154,14 @@ def test_cpu_meter_tells_the_tree_from_other_load() -> None:
     assert _common.is_busy(used)
     verdict = _common.load_verdict(used, used)
     assert verdict.startswith("WARNING: the machine was busy") and "NOT trustworthy" in verdict
+
+
+def test_limits_smoke() -> None:
+    """benchmarks/limits.py runs each case through the scripts and prints Redis CPU per job."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "limits.py"), "--jobs", "300"],
+        capture_output=True, text=True, timeout=LIMIT_S, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    cases = [line.split()[0] for line in proc.stdout.splitlines()[1:]]
+    assert cases == ["plain", "group", "rate", "after"] and "Redis us/job" in proc.stdout
