@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import Self
 
 import redis
 
@@ -57,7 +58,28 @@ def _wait(condition: Callable[[], object], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-class ClusterServers:
+class _Servers:
+    """Processes started together in ``with``: all stopped at its end, or if one can't start."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ClusterServers(_Servers):
     """A private Redis Cluster on loopback ports: ``masters`` masters with ``replicas`` replicas
     each, formed by hand (slots, MEET, REPLICATE) in a few seconds. Its nodes can be killed,
     failed over and have their slots moved while clients use it; each of those returns once every
@@ -266,17 +288,6 @@ class ClusterServers:
         for n in self.nodes:
             n.stop()
 
-    def __enter__(self) -> ClusterServers:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 class _Sentinel(RedisServer):
     """A ``redis-server --sentinel`` process watching one master."""
@@ -297,7 +308,7 @@ class _Sentinel(RedisServer):
                 "--logfile", str(self.dir / "redis.log"), "--daemonize", "no"]  # fmt: skip
 
 
-class SentinelServers:
+class SentinelServers(_Servers):
     """A private master with ``replicas`` replicas, watched by ``sentinels`` Sentinels (quorum 2)
     on loopback ports, under the service name ``service``.
 
@@ -405,14 +416,3 @@ class SentinelServers:
         """Stop every Sentinel and server and remove their data."""
         for s in [*self.sentinels, *self.servers]:
             s.stop()
-
-    def __enter__(self) -> SentinelServers:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
