@@ -405,3 +405,18 @@ async def test_close_hands_back_queued_jobs_and_finishes_the_running_one() -> No
         await pool.close()
         ok(await result(running, 0))
         assert [await result(done, 0) for _, done in queued] == [None, None]
+
+
+async def test_a_child_whose_input_ends_runs_at_most_one_more_job() -> None:
+    """End of input with jobs still queued (as when its supervisor is gone): the child finishes
+    its job and at most one more, then exits; the pool runs the rest in another child."""
+    async with open_pool(prefetch=3) as (pool, _):
+        first = await value(pool, "pid")
+        running, done = submit(pool, "sleep", 0.3)
+        queued = [submit(pool, "pid")[1] for _ in range(3)]
+        await eventually(lambda: pool.queued == [3], 5, "three jobs queued")
+        assert running.child is not None
+        running.child.close_input()
+        assert ok(await result(done)) == first
+        pids = [ok(await result(job)) for job in queued]
+        assert pids.count(first) <= 1 and len(set(pids) - {first}) == 1

@@ -10,9 +10,9 @@ The protocol is in :mod:`._frames`. The child first imports its queue and sends 
   each with a :class:`~._frames.Done` before it takes the next.
 
 ``async def`` tasks run on one event loop, created for the first of them and kept for the
-child's life. At end of input the child runs the jobs it still holds (a supervisor that closes
-a child's input withdraws the queued ones first) and exits. The kernel kills it when its
-supervisor dies (``PR_SET_PDEATHSIG`` on Linux).
+child's life. At end of input the child finishes its job, and at most one more it holds (a
+supervisor that closes a child's input withdraws the queued ones first), and exits. The kernel
+kills it when its supervisor dies (``PR_SET_PDEATHSIG`` on Linux).
 """
 
 from __future__ import annotations
@@ -123,9 +123,13 @@ class Inbox:
             self.replies.send(Withdrawn(seq, False))
 
     def close(self) -> None:
-        """End of input: :meth:`take` returns None once the jobs received are taken."""
+        """End of input: at most one job not taken yet still runs, then :meth:`take` returns
+        None. A supervisor that closes a child's input has withdrawn its queued jobs, so what
+        is left is the one it was starting; one that died did not, and its jobs go elsewhere."""
         with self._ready:
             self._closed = True
+            while len(self._jobs) > 1:
+                self._jobs.pop()
             self._ready.notify()
 
     def take(self) -> Run | None:

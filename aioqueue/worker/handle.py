@@ -138,7 +138,6 @@ class Child(asyncio.SubprocessProtocol):
         self.dead = False  # being killed: its frames, if more still come, are ignored
         self.replaced = False  # a replacement has been started for it
         self.input_closed = False  # the pool closed its input: it exits when it is done
-        self.stealing = False  # a job is being withdrawn from another child for it
         self.exited = asyncio.Event()
         self._buffer = bytearray()
         self._eof = False
@@ -255,7 +254,8 @@ class Child(asyncio.SubprocessProtocol):
             self.stdin.writelines(out)
 
     def close_input(self) -> None:
-        """End of input: the child runs the jobs it holds and exits."""
+        """End of input: the child finishes its job (and the one it was given, if it had not
+        started it yet) and exits."""
         self.flush()
         self.input_closed = True
         if self.stdin is not None:
