@@ -48,14 +48,14 @@ async def test_a_group_lets_in_its_limit_and_the_next_when_one_ends(
 async def test_jobs_of_a_key_run_one_at_a_time_in_order(
     queue: Queue, start_worker: StartWorker, tmp_path: Path
 ) -> None:
-    """Two workers of two processes each: a group of limit 1 and a task of concurrency 1 never
+    """Two workers, three processes: a group of limit 1 and a task of concurrency 1 never
     run two of their jobs at once, and run them in submit order."""
     ledger = tmp_path / "ledger"
     by_key = queue.options(group="tenant-7")
     jobs = [await by_key.submit(tasks.span, str(ledger), f"k{i}") for i in range(4)]
     jobs += [await queue.submit(tasks.one_at_a_time, str(ledger), f"t{i}") for i in range(4)]
     await start_worker(processes=2)
-    await start_worker(processes=2)
+    await start_worker()
     for job in jobs:
         await job.result(timeout=30)
     for prefix in ("k", "t"):

@@ -20,7 +20,7 @@ async def test_map_yields_every_result_within_its_window(
 ) -> None:
     """60 inputs through a window of 4: every result comes back once, and the inputs are never
     read more than 4 ahead of the results yielded (memory bounded, the producer held back)."""
-    await start_worker(processes=2)
+    await start_worker()
     pulled = 0
 
     def inputs() -> Iterator[Call]:

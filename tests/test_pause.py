@@ -179,6 +179,7 @@ async def test_delayed_job_due_while_paused_waits_then_runs(
     assert await job.result(timeout=10) == 5
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_expired_leases_are_recovered_while_paused(
     queue: Queue, start_worker: StartWorker, tmp_path: Path
 ) -> None:

@@ -40,8 +40,8 @@ async def test_a_task_rate_holds_across_workers(
     sooner than the rate allows (8 beyond the first burst, 0.1 s apart)."""
     start = sync_redis.time()
     jobs = await queue.submit_many(tasks.paced, [()] * 12)
-    await start_worker(processes=2)
-    await start_worker(processes=2)
+    await start_worker()
+    await start_worker()
     for job in jobs:
         await job.result(timeout=30)
     end = sync_redis.time()

@@ -128,6 +128,7 @@ async def test_each_tick_fires_once_whoever_sends_it(redis_url: str) -> None:
     assert shown["next_tick"] == row.next_ms / 1000 and shown["runs"] == row.about
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_workers_fire_every_tick_exactly_once_through_a_sigkill(
     redis_url: str, tmp_path: Path, sync_redis: redis.Redis
 ) -> None:

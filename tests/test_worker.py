@@ -84,6 +84,7 @@ async def test_retries_then_dead_letter_with_every_error(
     assert await queue.dead_letters() == []
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_child_crash_fails_only_its_job(queue: Queue, start_worker: StartWorker) -> None:
     """A child killed by SIGKILL or a segfault fails only its own job's attempts; jobs running
     beside it complete, and the pool is whole again."""
@@ -101,6 +102,7 @@ async def test_child_crash_fails_only_its_job(queue: Queue, start_worker: StartW
     assert await (await queue.submit(tasks.add, 1, 1)).result(timeout=20) == 2
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_sigkilled_supervisor_loses_nothing(
     queue: Queue, start_worker: StartWorker, tmp_path: Path
 ) -> None:
@@ -125,6 +127,7 @@ async def test_sigkilled_supervisor_loses_nothing(
     assert info.pending == info.running == info.dead == 0
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_poison_pill_killing_its_worker_is_dead_lettered(
     queue: Queue, start_worker: StartWorker
 ) -> None:
@@ -152,6 +155,7 @@ async def test_sigterm_drains_running_jobs_and_exits_zero(
     assert await waiting.status() == "pending"
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_grace_expiry_hands_jobs_back_uncounted(
     queue: Queue, start_worker: StartWorker, sync_redis: redis.Redis
 ) -> None:
@@ -306,6 +310,7 @@ async def test_warns_when_redis_may_evict_jobs(
         sync_redis.config_set("maxmemory-policy", "noeviction")
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_worker_whose_children_cannot_start_hands_jobs_back_and_exits(
     queue: Queue, start_worker: StartWorker, tmp_path: Path, sync_redis: redis.Redis
 ) -> None:
@@ -354,6 +359,7 @@ async def test_sigterm_hands_prefetched_jobs_back_unstarted(
     )
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_a_killed_worker_is_listed_as_gone_once_its_heartbeat_lapses(
     queue: Queue, start_worker: StartWorker
 ) -> None:

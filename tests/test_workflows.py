@@ -39,7 +39,7 @@ async def test_a_chain_feeds_each_result_to_the_next_job(
 async def test_a_group_callback_gets_every_result_in_order(
     queue: Queue, start_worker: StartWorker
 ) -> None:
-    await start_worker(processes=2)
+    await start_worker()
     parts = [await queue.submit(tasks.add, i, i) for i in range(4)]
     done = await queue.options(after=parts).submit(tasks.echo)
     assert await done.result(timeout=20) == [0, 2, 4, 6]
