@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
+import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
@@ -37,6 +38,8 @@ __all__ = (
 )
 
 FinishKind = Literal["ok", "retry", "dead", "release", "cancel"]
+
+_extras = msgspec.msgpack.Encoder()  # a job's rarely used submit fields, in one argument
 
 PRODUCER_RECEIPT_MS = 300_000  # a producer's re-sends come within seconds
 
@@ -270,13 +273,17 @@ class Scripts:
                 k.gactive, k.glimit, k.rated]  # fmt: skip
         args: list[Any] = [bound]
         for j in jobs:
-            keys += [k.result(j.id), k.dedup(j.key) if j.key is not None else k.jobs,
-                     k.gq(j.group) if j.group else k.jobs]  # fmt: skip
+            keys += [k.result(j.id), k.dedup(j.key) if j.key is not None else k.jobs]
+            extra = b""
+            if j.group or j.rate or j.debounce or j.after:
+                extra = _extras.encode(
+                    [j.group or "", j.group_limit, j.rate, j.debounce, list(j.after)]
+                )
+                keys.append(k.gq(j.group) if j.group else k.jobs)
+                for parent in j.after:
+                    keys += [k.after(parent), k.result(parent)]
             args += [j.id, j.data, j.priority, j.delay_ms, "1" if j.key is not None else "0",
-                     j.group or "", j.group_limit, j.rate, "1" if j.debounce else "0",
-                     len(j.after), *j.after]  # fmt: skip
-            for parent in j.after:
-                keys += [k.after(parent), k.result(parent)]
+                     extra]  # fmt: skip
         reply = await self._run("submit", keys, args)
         return [(to_str(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
@@ -287,8 +294,8 @@ class Scripts:
         keys, args = [k.schedules], [schedule, tick_ms]
         if job is not None:
             keys += [k.jobs, k.pending, k.scheduled, k.priority, k.wake, k.full, k.blocked,
-                     k.gactive, k.glimit, k.rated, k.result(job.id), k.jobs, k.jobs]  # fmt: skip
-            args += [job.id, job.data, job.priority, job.delay_ms, "0", "", 1, job.rate, "0", 0]
+                     k.gactive, k.glimit, k.rated, k.result(job.id), k.jobs]  # fmt: skip
+            args += [job.id, job.data, job.priority, job.delay_ms, "0", ""]
         return bool(await self._run("tick", keys, args))
 
     async def cancel(

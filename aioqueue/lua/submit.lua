@@ -10,12 +10,14 @@
 -- KEYS[7] blocked    hash   id -> parents not finished yet (a job that runs after others)
 -- KEYS[8] gactive    hash   group -> slots held   KEYS[9] glimit  hash  group -> limit
 -- KEYS[10] rated     hash   id -> "key count period_ms" of a rate-limited job (see claim.lua)
--- then per job: KEYS result:{id}, dedup:{key} (any key if none), gq:{group} (any key if none),
---   then per parent of the job: after:{parent} (set of the jobs waiting for it), result:{parent}
+-- then per job: KEYS result:{id}, dedup:{key} (any key if none), and for a job with extras:
+--   gq:{group} (any key if none), then per parent: after:{parent} (set of the jobs waiting for
+--   it), result:{parent}
 -- ARGV[1] most jobs waiting (pending + scheduled) the queue takes; 0: no bound
--- then per job: id, envelope, priority, delay_ms, has_dedup ("1" or "0"), group ('' if none),
---   group limit, rate ('' if none, else "key count period_ms"), debounce ("1": the job's
---   de-duplication key debounces, see below), the number of its parents, the parents' ids
+-- then per job: id, envelope, priority, delay_ms, has_dedup ("1" or "0"), extras: '' for a
+--   plain job, else msgpack [group ('' if none), group limit, rate ('' if none, else "key count
+--   period_ms"), debounce (true: the job's de-duplication key debounces, see below), [the
+--   parents' ids]] (a plain job, the common case, carries no more than it needs)
 -- Debounce: while the job holding the key has not started (it is scheduled), a debounced
 -- submit with the same key gives it this submit's envelope and moves its start to delay_ms
 -- from now, and answers with that job's id; once it started, the submit makes a new job that
@@ -39,18 +41,21 @@ if bound > 0 then
 end
 local a, k = 2, 11
 while a <= #ARGV do
-  local id = ARGV[a]
+  local id, env = ARGV[a], ARGV[a + 1]
   local prio = tonumber(ARGV[a + 2])
   local delay = tonumber(ARGV[a + 3])
   local has_dedup = ARGV[a + 4] == '1'
-  local group, limit = ARGV[a + 5], tonumber(ARGV[a + 6])
-  local rate = ARGV[a + 7]
-  local debounce = ARGV[a + 8] == '1'
-  local nparents = tonumber(ARGV[a + 9])
-  local rkey, dkey, gqkey = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local env = ARGV[a + 1]
-  local pa, pk = a + 10, k + 3
-  a, k = a + 10 + nparents, k + 3 + 2 * nparents
+  local extra = ARGV[a + 5]
+  local rkey, dkey = KEYS[k], KEYS[k + 1]
+  local group, limit, rate, debounce, parents, gqkey = '', 1, '', false, {}, nil
+  a, k = a + 6, k + 2
+  if extra ~= '' then
+    group, limit, rate, debounce, parents = unpack(cmsgpack.unpack(extra))
+    gqkey = KEYS[k]
+    k = k + 1
+  end
+  local pk = k
+  k = k + 2 * #parents
   local other = false
   if has_dedup then
     other = redis.call('GET', dkey)
@@ -89,8 +94,8 @@ while a <= #ARGV do
       redis.call('HSET', KEYS[4], id, prio)
     end
     local waiting = 0
-    for j = 0, nparents - 1 do
-      local parent = ARGV[pa + j]
+    for j = 0, #parents - 1 do
+      local parent = parents[j + 1]
       local unfinished = redis.call('HEXISTS', KEYS[1], parent) == 1
       if unfinished and redis.call('EXISTS', KEYS[pk + 2 * j + 1]) == 0 then
         redis.call('SADD', KEYS[pk + 2 * j], id)
