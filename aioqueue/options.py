@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 import msgspec
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .job import Job
     from .queue import Queue
 
-__all__ = ("Call", "Options", "Submits", "Submitter")
+__all__ = ("Call", "OptionsKwargs", "Options", "Submits", "Submitter", "make_options")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -123,6 +123,34 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.group is not None and self.after:
             raise InvalidOptions("a job can't both run after others and belong to a group")
+
+
+class OptionsKwargs(TypedDict, total=False):
+    """The keywords of ``queue.options(...)`` and ``queue.sync.options(...)``: the fields of
+    :class:`Options`, with ``after`` taking jobs as well as their ids."""
+
+    key: str | None
+    delay: float
+    priority: int
+    timeout: float | None
+    retries: int | None
+    result_ttl: float | None
+    expires: float | None
+    block: bool
+    after: Job[Any] | str | Sequence[Job[Any] | str]
+    group: str | None
+    group_limit: int
+    rate: tuple[int, float] | None
+    rate_key: str | None
+    debounce: float | None
+
+
+def make_options(**kwargs: Unpack[OptionsKwargs]) -> Options:
+    """The :class:`Options` of these keywords (``after``: jobs or ids, one or several)."""
+    after = kwargs.get("after", ())
+    parents = [after] if isinstance(after, str) or hasattr(after, "id") else list(after)
+    fields: dict[str, Any] = {k: v for k, v in kwargs.items() if k != "after"}
+    return Options(**fields, after=tuple(p if isinstance(p, str) else p.id for p in parents))
 
 
 def check_rate(rate: object) -> None:

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 import msgspec
 from redis.asyncio import Redis
@@ -26,7 +26,7 @@ from .errors import (
 from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus, status_of
 from .keys import REGISTRY, Keys, validate_queue_name
-from .options import NO_OPTIONS, Options, Spec, Submits, Submitter
+from .options import NO_OPTIONS, Options, OptionsKwargs, Spec, Submits, Submitter, make_options
 from .results import Results
 from .schedule import Misfire, Schedule
 from .scripts import NewJob, Scripts
@@ -295,48 +295,14 @@ class Queue(Submits):
     def _target(self) -> tuple[Queue, Options]:
         return self, NO_OPTIONS
 
-    def options(
-        self,
-        *,
-        key: str | None = None,
-        delay: float = 0.0,
-        priority: int = 0,
-        timeout: float | None = None,
-        retries: int | None = None,
-        result_ttl: float | None = None,
-        expires: float | None = None,
-        block: bool = True,
-        after: Job[Any] | str | Sequence[Job[Any] | str] = (),
-        group: str | None = None,
-        group_limit: int = 1,
-        rate: tuple[int, float] | None = None,
-        rate_key: str | None = None,
-        debounce: float | None = None,
-    ) -> Submitter:
+    def options(self, **kwargs: Unpack[OptionsKwargs]) -> Submitter:
         """Submit with options: ``await queue.options(key="report-42", delay=5).submit(fn, x)``.
 
         See :class:`Options` for each option; ``after`` takes jobs or their ids.
 
         :raises InvalidOptions: naming the option out of range.
         """
-        parents = [after] if isinstance(after, Job | str) else list(after)
-        opts = Options(
-            key=key,
-            delay=delay,
-            priority=priority,
-            timeout=timeout,
-            retries=retries,
-            result_ttl=result_ttl,
-            expires=expires,
-            block=block,
-            after=tuple(p if isinstance(p, str) else p.id for p in parents),
-            group=group,
-            group_limit=group_limit,
-            rate=rate,
-            rate_key=rate_key,
-            debounce=debounce,
-        )
-        return Submitter(self, opts)
+        return Submitter(self, make_options(**kwargs))
 
     async def _submit(self, fn: Callable[..., Any] | str, calls: Sequence[Spec]) -> list[Job[Any]]:
         """The one submit path: check and encode every job, then send them through the

@@ -9,12 +9,12 @@ import inspect
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from .errors import AioqueueError, BlockingCallInLoop
 from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus
-from .options import NO_OPTIONS, Call, Options, Spec, specs
+from .options import NO_OPTIONS, Call, Options, OptionsKwargs, Spec, make_options, specs
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -255,29 +255,12 @@ class SyncQueue(SyncSubmits):
         jobs = self._call(what, lambda q: q._submit(fn, calls))
         return [SyncJob(self, job) for job in jobs]
 
-    def options(
-        self,
-        *,
-        key: str | None = None,
-        delay: float = 0.0,
-        priority: int = 0,
-        timeout: float | None = None,
-        retries: int | None = None,
-        result_ttl: float | None = None,
-    ) -> SyncSubmitter:
-        """Submit with options, as :meth:`aioqueue.Queue.options`.
+    def options(self, **kwargs: Unpack[OptionsKwargs]) -> SyncSubmitter:
+        """Submit with options, as :meth:`aioqueue.Queue.options` (the same keywords).
 
         :raises InvalidOptions: naming the option out of range.
         """
-        opts = Options(
-            key=key,
-            delay=delay,
-            priority=priority,
-            timeout=timeout,
-            retries=retries,
-            result_ttl=result_ttl,
-        )
-        return SyncSubmitter(self, opts)
+        return SyncSubmitter(self, make_options(**kwargs))
 
     def job(self, job_id: str, result_type: Any = Any) -> SyncJob[Any]:
         """A handle to a job known only by its id (for example, from another process)."""
