@@ -20,7 +20,9 @@ import aioqueue
 from aioqueue import Queue
 from aioqueue.admin.info import queue_info
 from aioqueue.admin.session import Session
+from aioqueue.options import NO_OPTIONS
 from aioqueue.schedule import Schedule
+from aioqueue.scripts import NewJob
 from aioqueue.worker.schedules import fire_due
 from tests import schedule_tasks, tasks
 from tests._async import eventually
@@ -117,6 +119,16 @@ async def test_each_tick_fires_once_whoever_sends_it(redis_url: str) -> None:
         await fire_due(q, [s])
         await fire_due(q, [s])  # another worker, same moment: nothing more
         assert await q.redis.zcard(q.keys.pending) == 3
+        tick = s.after(now)  # one tick fired by two calls: the first, re-sent, and another
+        p = q._prepare(s.task, q.tasks[s.task], s.args, s.kwargs, NO_OPTIONS)
+        job = NewJob(p.id, p.data, p.priority, p.delay_ms)
+        assert await q.scripts.tick(s.name, tick, job) is True
+        assert await q.scripts.tick(s.name, tick, job) is True  # a re-send: its first answer
+        other = NewJob(p.id + "x", p.data)
+        assert await q.scripts.tick(s.name, tick, other) is False
+        assert await q.redis.zcard(q.keys.pending) == 4
+        await q.redis.hdel(q.keys.schedules, s.name)
+        await q.redis.hset(q.keys.schedules, s.name, s.at_or_before(now))
         [row] = (await q.scripts.overview()).schedules
         assert (row.name, row.last_ms) == (s.name, s.at_or_before(now))
         assert row.next_ms == s.after(now) and "every 3600 s, misfire all" in row.about
