@@ -345,7 +345,7 @@ def _sentinel_master(
     tls = {k: v for k, v in target.options.items() if k.startswith("ssl")}
     if target.tls:
         tls["ssl"] = True
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         list(target.nodes),
         sentinel_kwargs={
             "socket_connect_timeout": settings["socket_connect_timeout"],

@@ -220,7 +220,7 @@ async def _rights(r: Redis, keys: Keys) -> Finding:
     except rex.ResponseError:
         denied.append("SUBSCRIBE")
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
     if denied:
         return Finding(
             "acl",
