@@ -31,15 +31,14 @@ import msgspec
 
 from .. import wire
 from ._frames import Done, Run, Withdraw, frame
-from .handle import CANCEL, STEAL, Child, Frames, PoolStartError, Work, spawn, takeovers
+from .handle import CANCEL, STEAL, Child, Frames, PoolStartError, Work, takeovers
 from .prefetch import Depth
+from .spawner import Spawner
 
 __all__ = ("Pool", "PoolStartError", "Work")
 
 log = logging.getLogger(__name__)
 
-_FIRST_RETRY_DELAY = 0.1  # seconds before a failed start is tried again; doubles up to:
-_MAX_RETRY_DELAY = 10.0
 STEAL_AFTER = 0.002  # seconds a queued job would still wait before an idle child takes it over
 
 
@@ -79,8 +78,10 @@ class Pool:
         self.processes = processes
         self.max_tasks_per_child = max_tasks_per_child
         self.kill_grace = kill_grace
-        self.start_timeout = start_timeout
-        self.max_start_failures = max(1, max_start_failures)
+        self.spawner = Spawner(
+            spec, self._frames, self._exited, start_timeout=start_timeout,
+            max_start_failures=max_start_failures,
+        )  # fmt: skip
         self.depth = Depth(prefetch)
         self.times = self.depth.times  # each task's estimated run time
         self.broken: str | None = None
@@ -97,7 +98,6 @@ class Pool:
         self._tick_handle: asyncio.Handle | None = None
         self._balance_at: asyncio.TimerHandle | None = None
         self._steals = 0  # withdrawals for an idle child, unanswered
-        self._start_failures = 0  # in a row
         self._closing = False
 
     # -- state -----------------------------------------------------------------------------
@@ -143,22 +143,14 @@ class Pool:
         :raises PoolStartError: if any child could not, with its error (the pool is then
             :attr:`broken`, and the children that did start are stopped).
         """
-        results = await asyncio.gather(
-            *(self._start_child() for _ in range(self.processes)), return_exceptions=True
-        )
-        children = [r for r in results if isinstance(r, Child)]
-        failure = next((r for r in results if isinstance(r, BaseException)), None)
-        if failure is not None:
-            await asyncio.gather(*(c.close(self.kill_grace) for c in children))
-            if isinstance(failure, PoolStartError):
-                self.broken = str(failure)
-            raise failure
+        try:
+            children = await self.spawner.start(self.processes, self.kill_grace)
+        except PoolStartError as exc:
+            self.broken = str(exc)
+            raise
         for child in children:
             self._adopt(child)
         self._changed()
-
-    async def _start_child(self) -> Child:
-        return await spawn(self.spec, self.start_timeout, self._frames, self._exited)
 
     def _adopt(self, child: Child) -> None:
         self._children.add(child)
@@ -186,28 +178,23 @@ class Pool:
                 self._spawn(self._replace)
 
     async def _replace(self) -> None:
-        delay = _FIRST_RETRY_DELAY
-        while not self._closing and self.broken is None:
-            try:
-                child = await self._start_child()
-            except PoolStartError as exc:
-                self._start_failures += 1
-                if self._start_failures >= self.max_start_failures:
-                    n = self._start_failures
-                    self._break(f"{n} child processes in a row failed to start; {exc}")
-                    return
-                log.error("%s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_RETRY_DELAY)
-                continue
-            self._start_failures = 0
-            if self._closing or self.broken is not None:
-                await child.close(self.kill_grace)
-                return
-            self.restarts += 1
-            self._adopt(child)
-            self._changed()
+        try:
+            child = await self.spawner.replacement(self._wanted)
+        except PoolStartError as exc:
+            self._break(str(exc))
             return
+        if child is None:
+            return
+        if not self._wanted():
+            await child.close(self.kill_grace)
+            return
+        self.restarts += 1
+        self._adopt(child)
+        self._changed()
+
+    def _wanted(self) -> bool:
+        """Whether children are still wanted: neither closing nor broken."""
+        return not self._closing and self.broken is None
 
     def _break(self, message: str) -> None:
         """Give up: no more children; every job not started goes back with None (the ones
