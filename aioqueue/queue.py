@@ -23,6 +23,7 @@ from .errors import (
     RedisUnavailable,
     UnknownTask,
 )
+from .hooks import ChildHooks
 from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus, status_of
 from .keys import REGISTRY, Keys, validate_queue_name
@@ -48,8 +49,9 @@ DEFAULT_DEAD_TTL = 7 * 24 * 3600.0
 DEFAULT_MAX_DEAD = 10_000
 
 
-class Queue(Submits):
-    """A named queue on Redis: register tasks on it, submit jobs, await results.
+class Queue(Submits, ChildHooks):
+    """A named queue on Redis: register tasks on it, submit jobs, await results; and with
+    :meth:`on_child_start` and :meth:`on_child_stop`, what each worker child runs around them.
 
     :param name: the queue's name (letters, digits and ``_.:-``).
     :param redis_url: else ``$AIOQUEUE_REDIS_URL``, else ``redis://localhost:6379/0``; auth, TLS

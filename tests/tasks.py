@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
@@ -30,6 +31,56 @@ class Point(msgspec.Struct):
 register_type(
     Fraction, encode=lambda f: [f.numerator, f.denominator], decode=lambda v: Fraction(*v)
 )
+
+# -- child lifecycle (tests/test_lifecycle.py) -------------------------------------------------
+# Each child "loads a model" when it starts, and opens something on its event loop. A test makes
+# the load fail by creating the file named in AIOQUEUE_TEST_BREAK_START, and has children note
+# their stop in the file named in AIOQUEUE_TEST_STOP_LEDGER (where the first stop hook raises).
+_model: dict[str, int] = {}
+
+
+@queue.on_child_start
+def _load_model() -> None:
+    flag = os.environ.get("AIOQUEUE_TEST_BREAK_START")
+    if flag and os.path.exists(flag):
+        raise RuntimeError(f"model not loaded: {Path(flag).read_text()}")
+    _model["loads"] = _model.get("loads", 0) + 1
+    _model["pid"] = os.getpid()
+
+
+@queue.on_child_start
+async def _open_session() -> None:
+    _model["loop"] = id(asyncio.get_running_loop())
+
+
+@queue.on_child_stop
+def _note_stop() -> None:
+    ledger = os.environ.get("AIOQUEUE_TEST_STOP_LEDGER")
+    if ledger:
+        with open(ledger, "a") as f:
+            f.write(f"{os.getpid()} sync\n")
+        raise RuntimeError("a stop hook that fails")
+
+
+@queue.on_child_stop
+async def _note_stop_on_the_loop() -> None:
+    ledger = os.environ.get("AIOQUEUE_TEST_STOP_LEDGER")
+    if ledger and _model["loop"] == id(asyncio.get_running_loop()):
+        with Path(ledger).open("a") as f:  # noqa: ASYNC230 - a test's one line
+            f.write(f"{os.getpid()} async\n")
+
+
+@queue.task
+def model() -> list[int]:
+    """What the start hooks left: their runs in this child, the pid they ran in; this pid."""
+    return [_model["loads"], _model["pid"], os.getpid()]
+
+
+@queue.task
+async def model_loop() -> bool:
+    """Whether this async task runs on the loop the async start hook ran on."""
+    await asyncio.sleep(0)
+    return _model["loop"] == id(asyncio.get_running_loop())
 
 
 @queue.task

@@ -1,7 +1,8 @@
 """Runs inside a worker's child process: takes jobs from its pipe, runs them, writes replies.
 
-The protocol is in :mod:`._frames`. The child first imports its queue and sends ``READY``, or
-``START_FAILED`` and the traceback, and exits non-zero. Then two threads share the work:
+The protocol is in :mod:`._frames`. The child first imports its queue and runs the queue's
+start hooks (:mod:`._lifecycle`), and sends ``READY``; or, if either fails, ``START_FAILED`` and
+the traceback, and exits non-zero. Then two threads share the work:
 
 * a reader thread drains the pipe as it fills: jobs go into the child's :class:`Inbox`, and a
   withdrawal is answered at once, even while a long job runs: given back if the job is still
@@ -11,8 +12,8 @@ The protocol is in :mod:`._frames`. The child first imports its queue and sends 
 
 ``async def`` tasks run on one event loop, created for the first of them and kept for the
 child's life. At end of input the child finishes its job, and at most one more it holds (a
-supervisor that closes a child's input withdraws the queued ones first), and exits. The kernel
-kills it when its supervisor dies (``PR_SET_PDEATHSIG`` on Linux).
+supervisor that closes a child's input withdraws the queued ones first), runs the queue's stop
+hooks, and exits. The kernel kills it when its supervisor dies (``PR_SET_PDEATHSIG`` on Linux).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ._frames import (
     frame,
     frame_bytes,
 )
+from ._lifecycle import Lifecycle
 
 _args_decoder = msgspec.msgpack.Decoder(list[Any])
 _kwargs_decoder = msgspec.msgpack.Decoder(dict[str, Any])
@@ -229,23 +231,25 @@ def main(argv: list[str]) -> None:
     os.dup2(2, 1)  # user code that prints writes to stderr, never into the reply pipe
     stdin = os.fdopen(0, "rb", closefd=False)
     assert isinstance(stdin, io.BufferedReader)
+    replies = Replies(out_fd)
     try:
         queue = import_queue(argv[1])
+        runner = Runner(queue)
+        life = Lifecycle(queue, runner._wait)  # the start hooks: they may fail the start too
     except BaseException:  # even SystemExit: the supervisor reports it and decides what next
         report = START_FAILED + traceback.format_exc().encode(errors="replace")
         write_all(out_fd, frame_bytes(report))
         sys.exit(1)
-    replies = Replies(out_fd)
     inbox = Inbox(replies)
     write_all(out_fd, frame_bytes(READY))
     threading.Thread(target=_read, args=(stdin, inbox), name="aioqueue-inbox", daemon=True).start()
-    runner = Runner(queue)
     clock = time.monotonic
     try:
         while (run := inbox.take()) is not None:
             started = clock()
             reply = runner.run(run.job)
             replies.send(Done(run.seq, started, clock(), reply))
+        life.stop()  # the input ended: not after a crash
     finally:
         runner.close()
 

@@ -344,7 +344,8 @@ async def spawn(
     on_frames: Callable[[Child, Frames], None],
     on_exit: Callable[[Child], None],
 ) -> Child:
-    """Start a child for the queue at ``spec`` and wait until it has imported the tasks.
+    """Start a child for the queue at ``spec`` and wait until it has imported the tasks and
+    run the queue's start hooks.
 
     :raises PoolStartError: if it could not (its error in the message), or was not ready
         within ``start_timeout`` seconds; the child is gone by then.
@@ -376,5 +377,5 @@ async def spawn(
     if first.startswith(START_FAILED):
         report = first[len(START_FAILED) :].decode(errors="replace").rstrip()
         tail = "\n".join(report.splitlines()[-_TRACEBACK_LINES:])
-        raise PoolStartError(f"a child process could not import {spec}:\n{tail}")
+        raise PoolStartError(f"a child process could not start {spec}:\n{tail}")
     raise PoolStartError(f"a child process sent {first[:20]!r} instead of a ready frame")

@@ -53,7 +53,8 @@ class Pool:
     :param on_start: called with each :class:`Work` when its child starts it; must not block.
     :param max_tasks_per_child: jobs a child runs before it is replaced (None: no limit).
     :param kill_grace: seconds between TERM and KILL for a child being killed.
-    :param start_timeout: seconds a child may take to import the tasks.
+    :param start_timeout: seconds a child may take to import the tasks and run the queue's
+        start hooks.
     :param max_start_failures: children in a row that may fail to start before the pool is
         declared broken.
     :param prefetch: jobs each child holds queued behind the one it runs; None: adaptive.
@@ -138,7 +139,7 @@ class Pool:
     # -- children --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every child and wait until each has imported the tasks.
+        """Start every child and wait until each has imported the tasks and run the start hooks.
 
         :raises PoolStartError: if any child could not, with its error (the pool is then
             :attr:`broken`, and the children that did start are stopped).

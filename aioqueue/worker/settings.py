@@ -109,8 +109,20 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
         float, Meta(ge=0, description="longest retry delay in seconds")
     ] = 300.0
     kill_grace: Annotated[
-        float, Meta(ge=0, description="seconds between TERM and KILL of a timed-out child")
+        float,
+        Meta(
+            ge=0,
+            description="seconds between TERM and KILL of a timed-out child; also what a"
+            " retiring child gets to exit, its stop hooks included",
+        ),
     ] = 1.0
+    start_timeout: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="seconds a child may take to import the tasks and run its start hooks",
+        ),
+    ] = 60.0
     max_start_failures: Annotated[
         int,
         Meta(

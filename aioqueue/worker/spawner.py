@@ -25,7 +25,8 @@ class Spawner:
     """Starts children for the queue at ``spec``; each hands its frames to ``on_frames`` and
     its end to ``on_exit``.
 
-    :param start_timeout: seconds a child may take to import the tasks.
+    :param start_timeout: seconds a child may take to import the tasks and run the queue's
+        start hooks.
     :param max_start_failures: starts in a row that may fail before :meth:`replacement` gives
         up.
     """
@@ -47,7 +48,7 @@ class Spawner:
         self.failures = 0  # failed starts in a row
 
     async def one(self) -> Child:
-        """A new child, once it has imported the tasks.
+        """A new child, once it has imported the tasks and run the start hooks.
 
         :raises PoolStartError: if it could not (the child is gone by then).
         """

@@ -132,6 +132,7 @@ class Worker:
                 spawn=tg.start_soon,
                 max_tasks_per_child=s.max_tasks_per_child,
                 kill_grace=s.kill_grace,
+                start_timeout=s.start_timeout,
                 max_start_failures=s.max_start_failures,
                 prefetch=s.prefetch or None,
                 on_change=self._notify,
@@ -226,8 +227,8 @@ class Worker:
             await self.finisher.flush()
         if self.finisher.queue or self.finisher.taken:
             log.warning("%d outcomes could not be written before exit", len(self.finisher.queue))
-        with anyio.CancelScope(shield=True):
-            await self.pool.close(kill=True)
+        with anyio.CancelScope(shield=True):  # every job is answered or handed back by now:
+            await self.pool.close()  # close the children's input, so their stop hooks run
         try:
             with anyio.move_on_after(2.0):
                 async with self.redis.pipeline(transaction=False) as pipe:
