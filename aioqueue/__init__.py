@@ -5,6 +5,7 @@ from __future__ import annotations
 from .errors import AioqueueError as AioqueueError
 from .errors import ArgumentError as ArgumentError
 from .errors import BlockingCallInLoop as BlockingCallInLoop
+from .errors import CpuLimitExceeded as CpuLimitExceeded
 from .errors import InvalidOptions as InvalidOptions
 from .errors import JobCancelled as JobCancelled
 from .errors import JobFailed as JobFailed
@@ -35,6 +36,7 @@ __all__ = (
     "ArgumentError",
     "BlockingCallInLoop",
     "Call",
+    "CpuLimitExceeded",
     "DeadLetter",
     "InvalidOptions",
     "Job",

@@ -10,6 +10,7 @@ __all__ = (
     "AioqueueError",
     "ArgumentError",
     "BlockingCallInLoop",
+    "CpuLimitExceeded",
     "InvalidOptions",
     "JobCancelled",
     "JobFailed",
@@ -117,3 +118,9 @@ class QueueFull(AioqueueError):
 class BlockingCallInLoop(AioqueueError, RuntimeError):
     """Raised when a blocking ``queue.sync`` call is made in a thread that runs an event loop:
     async code awaits the async API instead (``await queue.submit(...)``)."""
+
+
+class CpuLimitExceeded(AioqueueError):
+    """Raised when a job has used more CPU time than the worker's ``cpu_limit``: inside its
+    task, in the worker's child. The attempt fails with it (retried as the task's ``retries``
+    say), and the child goes on with its next job."""

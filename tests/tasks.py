@@ -83,6 +83,36 @@ async def model_loop() -> bool:
     return _model["loop"] == id(asyncio.get_running_loop())
 
 
+# -- limits (tests/test_limits.py) -------------------------------------------------------------
+
+
+@queue.task(retries=0)
+def use_cpu(seconds: float) -> int:
+    """Use ``seconds`` of this process's CPU time; return the pid."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return os.getpid()
+
+
+@queue.task(retries=0)
+def spin(limit: float) -> str:
+    """Spin in Python for ``limit`` s of wall clock, unless stopped."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        pass
+    return "not stopped"
+
+
+@queue.task(retries=0)
+async def spin_async(limit: float) -> str:
+    """Spin on the child's event loop for ``limit`` s of wall clock, unless stopped."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        pass
+    return "not stopped"
+
+
 @queue.task
 def add(a: int, b: int) -> int:
     return a + b

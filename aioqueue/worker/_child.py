@@ -224,7 +224,8 @@ async def _await(aw: Any) -> Any:
 
 
 def main(argv: list[str]) -> None:
-    """Entry point of a child: ``python -m aioqueue.worker._child MODULE:ATTR``."""
+    """Entry point of a child: ``python -m aioqueue.worker._child MODULE:ATTR [LIMITS]``
+    (the limits as :meth:`.limits.Limits.child_args` writes them)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     out_fd = os.dup(1)
@@ -235,7 +236,7 @@ def main(argv: list[str]) -> None:
     try:
         queue = import_queue(argv[1])
         runner = Runner(queue)
-        life = Lifecycle(queue, runner._wait)  # the start hooks: they may fail the start too
+        life = Lifecycle(queue, runner._wait, argv[2:])  # start hooks: may fail the start too
     except BaseException:  # even SystemExit: the supervisor reports it and decides what next
         report = START_FAILED + traceback.format_exc().encode(errors="replace")
         write_all(out_fd, frame_bytes(report))
@@ -246,6 +247,7 @@ def main(argv: list[str]) -> None:
     clock = time.monotonic
     try:
         while (run := inbox.take()) is not None:
+            life.before_job()
             started = clock()
             reply = runner.run(run.job)
             replies.send(Done(run.seq, started, clock(), reply))

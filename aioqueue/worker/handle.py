@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -343,9 +343,10 @@ async def spawn(
     start_timeout: float,
     on_frames: Callable[[Child, Frames], None],
     on_exit: Callable[[Child], None],
+    args: Sequence[str] = (),
 ) -> Child:
-    """Start a child for the queue at ``spec`` and wait until it has imported the tasks and
-    run the queue's start hooks.
+    """Start a child for the queue at ``spec`` (``args`` after it on its command line) and wait
+    until it has imported the tasks and run the queue's start hooks.
 
     :raises PoolStartError: if it could not (its error in the message), or was not ready
         within ``start_timeout`` seconds; the child is gone by then.
@@ -353,7 +354,7 @@ async def spawn(
     child = Child(on_frames, on_exit)
     await asyncio.get_running_loop().subprocess_exec(
         lambda: child,
-        sys.executable, "-m", "aioqueue.worker._child", spec,
+        sys.executable, "-m", "aioqueue.worker._child", spec, *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip

@@ -32,6 +32,7 @@ import msgspec
 from .. import wire
 from ._frames import Done, Run, Withdraw, frame
 from .handle import CANCEL, STEAL, Child, Frames, PoolStartError, Work, takeovers
+from .limits import Limits
 from .prefetch import Depth
 from .spawner import Spawner
 
@@ -58,6 +59,7 @@ class Pool:
     :param max_start_failures: children in a row that may fail to start before the pool is
         declared broken.
     :param prefetch: jobs each child holds queued behind the one it runs; None: adaptive.
+    :param limits: what children may use (:mod:`.limits`).
     """
 
     def __init__(
@@ -74,14 +76,16 @@ class Pool:
         start_timeout: float = 60.0,
         max_start_failures: int = 3,
         prefetch: int | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.spec = spec
+        self.limits = limits or Limits()
         self.processes = processes
         self.max_tasks_per_child = max_tasks_per_child
         self.kill_grace = kill_grace
         self.spawner = Spawner(
-            spec, self._frames, self._exited, start_timeout=start_timeout,
-            max_start_failures=max_start_failures,
+            spec, self._frames, self._exited, args=self.limits.child_args(),
+            start_timeout=start_timeout, max_start_failures=max_start_failures,
         )  # fmt: skip
         self.depth = Depth(prefetch)
         self.times = self.depth.times  # each task's estimated run time

@@ -131,6 +131,18 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
             " and exits non-zero",
         ),
     ] = 3
+    cpu_limit: (
+        Annotated[
+            float,
+            Meta(
+                gt=0,
+                description="seconds of CPU time a job may use; past it the task gets"
+                " CpuLimitExceeded and its child goes on",
+                extra={"default": "off"},
+            ),
+        ]
+        | None
+    ) = None
     metrics_port: (
         Annotated[
             int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .handle import Child, Frames, PoolStartError, spawn
 
@@ -22,8 +22,8 @@ _MAX_RETRY_DELAY = 10.0
 
 
 class Spawner:
-    """Starts children for the queue at ``spec``; each hands its frames to ``on_frames`` and
-    its end to ``on_exit``.
+    """Starts children for the queue at ``spec``, with ``args`` after it on their command line
+    (their limits); each hands its frames to ``on_frames`` and its end to ``on_exit``.
 
     :param start_timeout: seconds a child may take to import the tasks and run the queue's
         start hooks.
@@ -37,10 +37,12 @@ class Spawner:
         on_frames: Callable[[Child, Frames], None],
         on_exit: Callable[[Child], None],
         *,
+        args: Sequence[str] = (),
         start_timeout: float = 60.0,
         max_start_failures: int = 3,
     ) -> None:
         self.spec = spec
+        self.args = tuple(args)
         self.on_frames = on_frames
         self.on_exit = on_exit
         self.start_timeout = start_timeout
@@ -52,7 +54,7 @@ class Spawner:
 
         :raises PoolStartError: if it could not (the child is gone by then).
         """
-        return await spawn(self.spec, self.start_timeout, self.on_frames, self.on_exit)
+        return await spawn(self.spec, self.start_timeout, self.on_frames, self.on_exit, self.args)
 
     async def start(self, n: int, grace: float) -> list[Child]:
         """``n`` children, started at once, each ready.

@@ -34,6 +34,7 @@ from .fetch import Fetcher
 from .finisher import Finisher, Pending
 from .http import StatusServer
 from .leases import heartbeat_loop, recovery_loop
+from .limits import Limits
 from .logs import job_fields
 from .metrics import Metrics
 from .outcomes import Outcomes
@@ -135,6 +136,7 @@ class Worker:
                 start_timeout=s.start_timeout,
                 max_start_failures=s.max_start_failures,
                 prefetch=s.prefetch or None,
+                limits=Limits(cpu_limit=s.cpu_limit),
                 on_change=self._notify,
                 on_broken=self._broken,
                 on_start=self._started,
