@@ -47,11 +47,12 @@ class ChildHooks:
 
     def on_child_stop(self, fn: H, /) -> H:
         """Register ``fn`` to run in every worker child that ends normally: its input ended
-        (the worker stops, or replaces it after ``max_tasks_per_child`` jobs). A child that is
-        killed (a timeout, a cancel) or crashes runs none. It takes no arguments; ``async def``
-        hooks run on the child's event loop. An error is written to the worker's stderr and the
-        next hook runs; the child's jobs are all answered by then, so none is lost. The child
-        gets the worker's ``kill_grace`` to exit, hooks included.
+        (the worker stops, or replaces it after ``max_tasks_per_child`` jobs or once it holds
+        more than ``max_memory_per_child``). A child that is killed (a timeout, a cancel, the
+        ``memory_limit``) or crashes runs none. It takes no arguments; ``async def`` hooks run
+        on the child's event loop. An error is written to the worker's stderr and the next hook
+        runs; the child's jobs are all answered by then, so none is lost. The child gets the
+        worker's ``kill_grace`` to exit, hooks included.
 
         :raises InvalidOptions: if ``fn`` can't be called without arguments.
         """

@@ -113,6 +113,19 @@ async def spin_async(limit: float) -> str:
     return "not stopped"
 
 
+_hoard: list[bytes] = []
+
+
+@queue.task(retries=1)
+def hog(mib: int, keep: bool = False, hold: float = 0.0) -> int:
+    """Fill ``mib`` MiB (kept after the job if ``keep``), hold it ``hold`` s; return the pid."""
+    block = b"\x01" * (mib << 20)
+    if keep:
+        _hoard.append(block)
+    time.sleep(hold)
+    return os.getpid()
+
+
 @queue.task
 def add(a: int, b: int) -> int:
     return a + b

@@ -1,5 +1,6 @@
-"""Limits on a worker's children through real workers: CPU time per job (a job over it fails,
-its child lives on)."""
+"""Limits on a worker's children: CPU time per job (a job over it fails, its child lives on);
+memory, soft (a child over it is replaced after its job) and hard (a child over it is killed,
+its job fails, no other job is lost). Through real workers, and the pool on its own."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 
 import aioqueue
 from aioqueue import CpuLimitExceeded, Queue, wire
-from aioqueue.worker.limits import CpuLimit, in_task
+from aioqueue.worker.limits import CpuLimit, Limits, in_task
 from tests import tasks
 from tests.conftest import StartWorker
+from tests.test_pool import ok, open_pool, result, submit, value
 
 pytestmark = pytest.mark.anyio
 
@@ -71,3 +73,42 @@ def test_only_a_tasks_own_code_is_interrupted() -> None:
     assert not in_task(encoder.f_back)  # aioqueue's own code
     assert not in_task(encoder)  # a registered encoder, called by aioqueue
     assert in_task(sys._getframe())  # this function's code: a task's, say
+
+
+async def test_a_job_over_the_memory_limit_fails_and_no_other_job_is_lost(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    """A child that holds more than --memory-limit while it runs a job is killed: that job fails
+    with MemoryLimitExceeded, retried as its task says, the job in the other child completes,
+    and the worker goes on."""
+    worker = await start_worker("--memory-limit", "100", processes=2)
+    beside = await queue.submit(tasks.sleep_for, 0.5)
+    over = r"after 2 attempts: MemoryLimitExceeded: child RSS \d+ MiB over the limit 100 MiB"
+    with pytest.raises(aioqueue.JobFailed, match=over):
+        await (await queue.submit(tasks.hog, 150, hold=10.0)).result(timeout=8)
+    assert await beside.result(timeout=5) == 0.5
+    assert await (await queue.submit(tasks.add, 1, 1)).result(timeout=10) == 2
+    assert "over memory_limit 100 MiB; killing it" in worker.output()
+
+
+async def test_a_child_over_max_memory_per_child_is_replaced_after_its_job(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    """A job that leaves its child's RSS over --max-memory-per-child completes; the next job
+    runs in a new child."""
+    await start_worker("--max-memory-per-child", "100", processes=1)
+    first = await (await queue.submit(tasks.pid)).result(timeout=20)
+    assert await (await queue.submit(tasks.hog, 100, keep=True)).result(timeout=20) == first
+    assert await (await queue.submit(tasks.pid)).result(timeout=20) != first
+
+
+async def test_a_child_over_its_memory_runs_the_jobs_it_holds_then_retires() -> None:
+    """Jobs already queued in a child found over max_memory_per_child after a job still run
+    there, none withdrawn; the next job goes to its successor."""
+    limits = Limits(max_memory_per_child=1)  # every child is over 1 MiB
+    async with open_pool(prefetch=2, limits=limits) as (pool, watch):
+        held = [submit(pool, "pid")[1] for _ in range(3)]  # one runs, two queue behind it
+        pids = [ok(await result(done)) for done in held]
+        assert len(set(pids)) == 1
+        assert await value(pool, "pid") != pids[0]
+        await watch.until(lambda: pool.restarts == 2 and pool.capacity == 1)  # 2nd retired too

@@ -53,6 +53,12 @@ def test_defaults() -> None:
             {"retry_backoff": 5, "retry_backoff_max": 2},
             "retry_backoff_max must be >= retry_backoff (5 s), got 2",
         ),
+        ({"cpu_limit": 0}, "cpu_limit must be > 0 seconds (or None), got 0"),
+        ({"memory_limit": 0}, "memory_limit must be an integer >= 1 (or None), got 0"),
+        (
+            {"max_memory_per_child": 512, "memory_limit": 512},
+            "max_memory_per_child must be < memory_limit (512 MiB), got 512",
+        ),
     ],
 )
 def test_bad_values_are_refused(kwargs: dict[str, Any], message: str) -> None:
@@ -103,6 +109,8 @@ def test_every_field_is_described_and_every_option_has_a_flag_and_a_variable() -
         ("lease", "2", 2.0),
         ("lease", "0.25", 0.25),
         ("max_tasks_per_child", "100", 100),
+        ("cpu_limit", "0.5", 0.5),
+        ("memory_limit", "512", 512),
         ("log_level", "DEBUG", "debug"),
         ("redis_url", "redis://h:1/2", "redis://h:1/2"),
     ],

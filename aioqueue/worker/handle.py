@@ -138,6 +138,8 @@ class Child(asyncio.SubprocessProtocol):
         self.dead = False  # being killed: its frames, if more still come, are ignored
         self.replaced = False  # a replacement has been started for it
         self.input_closed = False  # the pool closed its input: it exits when it is done
+        self.budget: int | None = None  # jobs it may run in all, once set (memory: .limits)
+        self.killed_for: wire.ErrorInfo | None = None  # why it was killed, for its job's error
         self.exited = asyncio.Event()
         self._buffer = bytearray()
         self._eof = False
@@ -213,7 +215,9 @@ class Child(asyncio.SubprocessProtocol):
     # -- control ---------------------------------------------------------------------------
 
     def failure(self) -> wire.ErrorInfo:
-        """Why the job it was running failed: its timeout, or its death."""
+        """Why the job it was running failed: its timeout, a limit, or its death."""
+        if self.killed_for is not None:
+            return self.killed_for
         if self.timed_out is not None:
             return wire.ErrorInfo(
                 type="TimeoutError",
@@ -246,6 +250,12 @@ class Child(asyncio.SubprocessProtocol):
         self.dead = True
         self.signal(signal.SIGTERM)
         asyncio.get_running_loop().call_later(grace, self.signal, signal.SIGKILL)
+
+    def kill_for(self, why: wire.ErrorInfo, grace: float) -> None:
+        """Kill it (as :meth:`kill`); the job it runs fails with ``why``."""
+        if not self.dead:
+            self.killed_for = why
+            self.kill(grace)
 
     def flush(self) -> None:
         """Write the frames buffered for the child, in one system call."""
@@ -306,8 +316,18 @@ class Child(asyncio.SubprocessProtocol):
 
     def room(self, limit: int | None) -> bool:
         """Can it take another job into its pipe (before the queuing rule), given the jobs it
-        may run in its life (``limit``, None: no limit)?"""
-        return self.in_service and (limit is None or self.done + len(self.jobs) < limit)
+        may run in its life (``limit``, None: no limit; or its :attr:`budget`)?"""
+        limit = _least(limit, self.budget)
+        return (
+            self.in_service
+            and not self.dead
+            and (limit is None or self.done + len(self.jobs) < limit)
+        )
+
+    def spent(self, limit: int | None) -> bool:
+        """Has it run all the jobs it may (``limit`` or its :attr:`budget`)? Then it retires."""
+        limit = _least(limit, self.budget)
+        return limit is not None and self.done >= limit
 
     @property
     def queued(self) -> int:
@@ -318,6 +338,10 @@ class Child(asyncio.SubprocessProtocol):
     def queued_s(self) -> float:
         """Estimated run time of the jobs waiting behind the one it runs."""
         return self.load_s - self.jobs[0].estimate if self.jobs else 0.0
+
+
+def _least(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def takeovers(

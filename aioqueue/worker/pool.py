@@ -237,9 +237,9 @@ class Pool:
         """Run ``task`` with its raw msgpack arguments (an array, a map) in an idle child, or
         queue it in a busy one, or hold it in the pool until a child can take it.
 
-        ``on_done`` is called once: with the child's reply (``kind`` "timeout" or "crashed"
-        when its child was killed or died), or with None when the job never ran to an end
-        here (cancelled, or handed back by a broken or closing pool). ``tag`` is kept on the
+        ``on_done`` is called once: with the child's reply (``kind`` "timeout", "memory" or
+        "crashed" when its child was killed or died), or with None when the job never ran to
+        an end here (cancelled, or handed back by a broken or closing pool). ``tag`` is kept on the
         :class:`Work` for ``on_start``.
         """
         self._seq += 1
@@ -414,7 +414,8 @@ class Pool:
         work.started_at = msg.started
         work.run_s = max(msg.ended - msg.started, 0.0)
         self.times.add(work.task, work.run_s)
-        if self.max_tasks_per_child and child.done >= self.max_tasks_per_child:
+        self.limits.after_job(child)  # over max_memory_per_child: it runs what it holds, no more
+        if child.spent(self.max_tasks_per_child):
             self._drop(child)
             self._spawn(child.close, self.kill_grace)
             self._replace_later(child)

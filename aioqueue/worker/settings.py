@@ -131,6 +131,31 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
             " and exits non-zero",
         ),
     ] = 3
+    max_memory_per_child: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                description="MiB of RSS past which a child is replaced after its job (it takes"
+                " no more)",
+                extra={"default": "never", "metavar": "MIB"},
+            ),
+        ]
+        | None
+    ) = None
+    memory_limit: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                description="MiB of RSS a child may hold while it runs a job, checked every"
+                " 0.1 s; over it the child is killed and the job fails with"
+                " MemoryLimitExceeded",
+                extra={"default": "off", "metavar": "MIB"},
+            ),
+        ]
+        | None
+    ) = None
     cpu_limit: (
         Annotated[
             float,
@@ -194,6 +219,11 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
                 f"lease must be longer than heartbeat ({_show(self.heartbeat)} s),"
                 f" got {_show(self.lease)}"
             )
+        soft, hard = self.max_memory_per_child, self.memory_limit
+        if soft is not None and hard is not None and not soft < hard:
+            raise InvalidOptions(
+                f"max_memory_per_child must be < memory_limit ({hard} MiB), got {soft}"
+            )
         if self.retry_backoff_max < self.retry_backoff:
             raise InvalidOptions(
                 f"retry_backoff_max must be >= retry_backoff ({_show(self.retry_backoff)} s),"
@@ -225,8 +255,10 @@ class Setting(NamedTuple):
 
     @property
     def metavar(self) -> str:
+        _, meta, _ = _unwrap(self.hint)
+        given = ((meta.extra if meta is not None else None) or {}).get("metavar")
         names: dict[Any, str] = {int: "N", float: "SECONDS"}
-        return names.get(self.kind) or self.name.rsplit("_", 1)[-1].upper()
+        return given or names.get(self.kind) or self.name.rsplit("_", 1)[-1].upper()
 
     @property
     def rule(self) -> str:

@@ -48,13 +48,21 @@ class Spawner:
         self.start_timeout = start_timeout
         self.max_start_failures = max(1, max_start_failures)
         self.failures = 0  # failed starts in a row
+        self.children: set[Child] = set()  # every child it started that has not exited
 
     async def one(self) -> Child:
         """A new child, once it has imported the tasks and run the start hooks.
 
         :raises PoolStartError: if it could not (the child is gone by then).
         """
-        return await spawn(self.spec, self.start_timeout, self.on_frames, self.on_exit, self.args)
+        child = await spawn(self.spec, self.start_timeout, self.on_frames, self._exited, self.args)
+        if not child.exited.is_set():
+            self.children.add(child)
+        return child
+
+    def _exited(self, child: Child) -> None:
+        self.children.discard(child)
+        self.on_exit(child)
 
     async def start(self, n: int, grace: float) -> list[Child]:
         """``n`` children, started at once, each ready.

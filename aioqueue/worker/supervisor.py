@@ -97,6 +97,10 @@ class Worker:
         self._fetch_scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self.spans = tracing.run_spans(queue.name)  # None unless OpenTelemetry is loaded
+        self.limits = Limits(
+            cpu_limit=s.cpu_limit, memory_limit=s.memory_limit,
+            max_memory_per_child=s.max_memory_per_child,
+        )  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -136,11 +140,12 @@ class Worker:
                 start_timeout=s.start_timeout,
                 max_start_failures=s.max_start_failures,
                 prefetch=s.prefetch or None,
-                limits=Limits(cpu_limit=s.cpu_limit),
+                limits=self.limits,
                 on_change=self._notify,
                 on_broken=self._broken,
                 on_start=self._started,
             )
+            tg.start_soon(self.limits.watch, self.pool)  # with a memory_limit
             if s.handle_signals:
                 tg.start_soon(self._signals)
             try:
