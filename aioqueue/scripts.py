@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal
 
 import msgspec
@@ -23,6 +22,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from ._redis import call_redis, to_str
+from ._sources import SOURCES
 from .keys import Keys
 from .views import JobRow, Overview, WorkerAbout, last_minute, schedule_rows
 
@@ -42,78 +42,6 @@ FinishKind = Literal["ok", "retry", "dead", "release", "cancel"]
 _extras = msgspec.msgpack.Encoder()  # a job's rarely used submit fields, in one argument
 
 PRODUCER_RECEIPT_MS = 300_000  # a producer's re-sends come within seconds
-
-
-def _source(name: str) -> str:
-    return (resources.files("aioqueue") / "lua" / f"{name}.lua").read_text()
-
-
-def _function(name: str) -> str:
-    return f"local function run_{name}(KEYS, ARGV)\n{_source(name)}\nend\n"
-
-
-def _compose(first: str, second: str) -> str:
-    """One script that runs two others in turn: one round trip, no pipeline.
-
-    ARGV[1] and ARGV[2] give how many KEYS and ARGV belong to the first; the rest go to the
-    second. Returns ``{first's reply, second's reply}``.
-    """
-    return f"""{_function(first)}{_function(second)}
-local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
-local k1, a1, k2, a2 = {{}}, {{}}, {{}}, {{}}
-for i = 1, #KEYS do
-  if i <= nk then k1[#k1 + 1] = KEYS[i] else k2[#k2 + 1] = KEYS[i] end
-end
-for i = 3, #ARGV do
-  if i - 2 <= na then a1[#a1 + 1] = ARGV[i] else a2[#a2 + 1] = ARGV[i] end
-end
-return {{run_{first}(k1, a1), run_{second}(k2, a2)}}
-"""
-
-
-def _with_receipt(body: str) -> str:
-    """Wrap a script so that a re-sent call gets its first reply.
-
-    The last KEY is the receipt key, the last two ARGV the call id and the receipt's TTL (ms).
-    The receipt holds ``call id | msgpack(reply)``; a call with the same id returns the stored
-    reply and writes nothing. The body runs first, so its first write stays its own (a deletion,
-    in the scripts that must work at ``maxmemory``).
-    """
-    return f"""local function body(KEYS, ARGV)
-{body}
-end
-local rkey, call, ttl = KEYS[#KEYS], ARGV[#ARGV - 1], ARGV[#ARGV]
-local prev = redis.call('GET', rkey)
-if prev then
-  local sep = string.find(prev, '|', 1, true)
-  if sep and string.sub(prev, 1, sep - 1) == call then
-    return cmsgpack.unpack(string.sub(prev, sep + 1))
-  end
-end
-local k, a = {{}}, {{}}
-for i = 1, #KEYS - 1 do k[i] = KEYS[i] end
-for i = 1, #ARGV - 2 do a[i] = ARGV[i] end
-local out = body(k, a)
-redis.call('SET', rkey, call .. '|' .. cmsgpack.pack(out), 'PX', ttl)
-return out
-"""
-
-
-_RETENTION = _source("_retention")
-_MINUTE = _source("_minute")
-_ANNOUNCE = _source("_announce")
-_GROUP = _source("_group")
-_PLAIN = ("submit", "status", "outcomes", "dead", "overview", "job_info")
-_RECEIPTED = ("claim", "heartbeat", "finish", "cancel", "requeue", "purge", "pause", "resume")
-
-SOURCES: dict[str, str] = {name: _source(name) for name in _PLAIN}
-SOURCES["expired"] = _RETENTION + _source("expired")
-SOURCES.update({name: _with_receipt(_source(name)) for name in _RECEIPTED})
-_FINISH = _RETENTION + _MINUTE + _ANNOUNCE + _GROUP
-SOURCES["finish"] = _with_receipt(_FINISH + _source("finish"))
-SOURCES["finish_claim"] = _with_receipt(_FINISH + _compose("finish", "claim"))
-SOURCES["cancel"] = _with_receipt(_ANNOUNCE + _GROUP + _source("cancel"))
-SOURCES["tick"] = _function("submit") + _source("tick")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +94,7 @@ class LeasedJob:
     attempts: int
     data: bytes
     holder_alive: bool = True  # expired leases: does the holder still heartbeat?
+    progress: bytes | None = None  # claims: the job's last progress report, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,21 +150,25 @@ class InfoReply:
     waiting: int = 0
 
 
-def _leased(rows: list[Any], width: int) -> list[LeasedJob]:
+def _leased(rows: list[Any], *, claimed: bool) -> list[LeasedJob]:
+    """Jobs in rows of five: id, token, attempts, envelope, then the last progress report
+    ('' if none) for a claim, whether the holder still heartbeats for expired leases."""
     return [
         LeasedJob(
             id=to_str(rows[i]),
             token=to_str(rows[i + 1]),
             attempts=int(rows[i + 2]),
             data=bytes(rows[i + 3]),
-            holder_alive=width < 5 or int(rows[i + 4]) == 1,
+            holder_alive=claimed or int(rows[i + 4]) == 1,
+            progress=bytes(rows[i + 4]) if claimed and rows[i + 4] else None,
         )
-        for i in range(0, len(rows), width)
+        for i in range(0, len(rows), 5)
     ]
 
 
 def _claim_reply(reply: list[Any]) -> ClaimReply:
-    return ClaimReply(_leased(reply[3:], 4), int(reply[0]), int(reply[1]), int(reply[2]) == 1)
+    jobs = _leased(reply[3:], claimed=True)
+    return ClaimReply(jobs, int(reply[0]), int(reply[1]), int(reply[2]) == 1)
 
 
 class Scripts:
@@ -307,17 +240,27 @@ class Scripts:
         concurrency group]),
         and ask the holders of running ones to stop them; per job, 1 if it was cancelled, 2 if
         it runs and its holder was asked to stop it, 0 if it finished otherwise or is unknown."""
+        keys, args = self.cancel_call(jobs, result_ttl_ms)
+        reply = await self._run("cancel", keys, args, Receipt.once(self.keys))
+        return [int(r) for r in reply]
+
+    def cancel_call(
+        self,
+        jobs: Sequence[tuple[str, bytes, str | None] | tuple[str, bytes, str | None, str | None]],
+        result_ttl_ms: int,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of a cancel (see :meth:`cancel`)."""
         k = self.keys
         keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats,
-                k.leases, k.cancels, k.blocked, k.gactive, k.glimit, k.wake, k.rated]  # fmt: skip
+                k.leases, k.cancels, k.blocked, k.gactive, k.glimit, k.wake, k.rated,
+                k.progress]  # fmt: skip
         args: list[Any] = [k.done_channel, result_ttl_ms]
         for job_id, outcome, dedup, *group in jobs:
             g = group[0] if group else None
             keys += [k.result(job_id), k.dedup(dedup) if dedup else k.jobs,
                      k.gq(g) if g else k.jobs]  # fmt: skip
             args += [job_id, outcome, "1" if dedup else "0", g or ""]
-        reply = await self._run("cancel", keys, args, Receipt.once(k))
-        return [int(r) for r in reply]
+        return keys, args
 
     async def status(self, job_id: str) -> tuple[str, bytes | None]:
         """Where a job is (running, pending, scheduled, dead, finished, unknown), and its
@@ -378,7 +321,7 @@ class Scripts:
         k = self.keys
         keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
                 k.dead, k.errors, k.wake, k.stats, k.cancels, k.blocked, k.gactive,
-                k.glimit, k.rated]  # fmt: skip
+                k.glimit, k.rated, k.progress]  # fmt: skip
         args: list[Any] = [k.done_channel, dead_ttl_ms, max_dead]
         for f in items:
             keys += [k.result(f.id), k.dedup(f.dedup) if f.dedup else k.jobs, k.after(f.id),
@@ -406,7 +349,7 @@ class Scripts:
         ks = self.keys
         claim_keys = [ks.pending, ks.scheduled, ks.priority, ks.jobs, ks.attempts, ks.tokens,
                       ks.leases, ks.wake, ks.stats, ks.paused, ks.full, ks.rated,
-                      ks.tat]  # fmt: skip
+                      ks.tat, ks.progress]  # fmt: skip
         claim_args: list[Any] = [k, lease_ms, f"{holder}:", receipt.call, ks.done_channel]
         if not finish:
             return [], _claim_reply(await self._run("claim", claim_keys, claim_args, receipt))
@@ -442,11 +385,20 @@ class Scripts:
         lost, stop = await self._run("heartbeat", keys, args, receipt)
         return [to_str(i) for i in lost], [to_str(i) for i in stop]
 
+    async def progress(self, reports: Sequence[tuple[str, str, bytes]]) -> int:
+        """Record (id, token, encoded Progress) reports of jobs still held under those tokens,
+        and publish each on its job's events channel; how many were recorded."""
+        k = self.keys
+        args: list[Any] = []
+        for job_id, token, report in reports:
+            args += [job_id, token, report, k.events(job_id)]
+        return int(await self._run("progress", [k.tokens, k.progress], args))
+
     async def expired(self, limit: int, dead: tuple[int, int]) -> list[LeasedJob]:
         """Leases past their deadline (and dead-letter retention applied on the way)."""
         k = self.keys
         keys = [k.leases, k.tokens, k.attempts, k.jobs, k.workers, k.dead, k.errors, k.priority]
-        return _leased(await self._run("expired", keys, [limit, *dead]), 5)
+        return _leased(await self._run("expired", keys, [limit, *dead]), claimed=False)
 
     # -- administration (read-only) --------------------------------------------------------
 
@@ -486,10 +438,9 @@ class Scripts:
         """Everything stored about one job, read in one step."""
         k = self.keys
         keys = [k.jobs, k.attempts, k.tokens, k.leases, k.pending, k.scheduled, k.dead,
-                k.errors, k.priority, k.result(job_id)]  # fmt: skip
-        now, state, env, attempts, token, lease, run_at, dead_at, errors, outcome = await self._run(
-            "job_info", keys, [job_id]
-        )
+                k.errors, k.priority, k.result(job_id), k.progress]  # fmt: skip
+        reply = await self._run("job_info", keys, [job_id])
+        now, state, env, attempts, token, lease, run_at, dead_at, errors, outcome, report = reply
         return JobRow(
             now_ms=int(now),
             state=to_str(state),
@@ -501,6 +452,7 @@ class Scripts:
             dead_at_ms=float(dead_at) if dead_at else None,
             errors=bytes(errors) if errors else None,
             outcome=bytes(outcome) if outcome else None,
+            progress=bytes(report) if report else None,
         )
 
     # -- pause -----------------------------------------------------------------------------
