@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from .context import JobContext as JobContext
+from .context import Retry as Retry
+from .context import Snooze as Snooze
+from .context import job_context as job_context
 from .errors import AioqueueError as AioqueueError
 from .errors import ArgumentError as ArgumentError
 from .errors import BlockingCallInLoop as BlockingCallInLoop
@@ -29,6 +33,7 @@ from .queue import Queue as Queue
 from .sync import SyncJob as SyncJob
 from .sync import SyncQueue as SyncQueue
 from .sync import SyncSubmitter as SyncSubmitter
+from .wire import Progress as Progress
 from .wire import register_type as register_type
 
 __all__ = (
@@ -41,11 +46,13 @@ __all__ = (
     "InvalidOptions",
     "Job",
     "JobCancelled",
+    "JobContext",
     "JobFailed",
     "JobNotFound",
     "JobStatus",
     "Options",
     "PayloadTooLarge",
+    "Progress",
     "Queue",
     "QueueFull",
     "QueueInfo",
@@ -53,11 +60,14 @@ __all__ = (
     "RedisRefused",
     "RedisUnavailable",
     "ResultTimeout",
+    "Retry",
     "SerializationError",
+    "Snooze",
     "Submitter",
     "SyncJob",
     "SyncQueue",
     "SyncSubmitter",
     "UnknownTask",
+    "job_context",
     "register_type",
 )

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import msgspec
 
-from . import wire
+from . import progress, wire
 from .errors import AioqueueError, JobCancelled, JobFailed, ResultTimeout
 
 if TYPE_CHECKING:
@@ -106,6 +107,21 @@ class Job(Generic[R]):
     async def status(self) -> JobStatus:
         """Where the job is now."""
         return await self.queue._status(self.id)
+
+    def progress(self) -> AsyncIterator[wire.Progress]:
+        """Its progress reports as its task makes them (``async for p in job.progress()``):
+        the last one so far first, then each new one, until the job has finished however it
+        ended (then :meth:`result` says how). A task reports with
+        ``aioqueue.job_context().report_progress(...)``. Nothing is polled.
+
+        :raises JobNotFound: the queue knows no such job.
+        """
+        return progress.follow(self.queue, self.id)
+
+    async def last_progress(self) -> wire.Progress | None:
+        """The last progress report of a job that waits or runs (None if it made none, or has
+        finished)."""
+        return await progress.last_report(self.queue, self.id)
 
     async def cancel(self) -> bool:
         """Cancel the job: it never runs if it has not started, and is stopped (its child

@@ -31,6 +31,7 @@ class Keys:
         "prefix", "jobs", "pending", "scheduled", "priority", "attempts", "tokens",
         "leases", "dead", "errors", "wake", "workers", "worker_info", "stats", "done_channel",
         "paused", "schedules", "cancels", "full", "blocked", "gactive", "glimit", "rated", "tat",
+        "progress",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -58,11 +59,16 @@ class Keys:
         self.glimit = p + "glimit"  # group -> its limit
         self.rated = p + "rated"  # id -> "key count period_ms" of a rate-limited job
         self.tat = p + "tat"  # rate key -> theoretical arrival time (ms): the rates' state
+        self.progress = p + "progress"  # id -> the job's last reported Progress (msgpack)
         self.schedules = p + "schedules"  # name -> last tick fired (ms); name:next, name:about
 
     def result(self, job_id: str) -> str:
         """The string key that holds a finished job's outcome (with a TTL)."""
         return f"{self.prefix}result:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        """The pub/sub channel on which a running job's progress reports are published."""
+        return f"{self.prefix}events:{job_id}"
 
     def receipt(self, name: str) -> str:
         """The string key that keeps the reply of a call that may be re-sent (see scripts.py)."""

@@ -15,6 +15,7 @@ from .errors import AioqueueError, BlockingCallInLoop
 from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus
 from .options import NO_OPTIONS, Call, Options, OptionsKwargs, Spec, make_options, specs
+from .wire import Progress
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -124,6 +125,11 @@ class SyncJob(Generic[R]):
     def status(self) -> JobStatus:
         """Where the job is now."""
         return self._sync._call("job.status()", lambda q: self._on(q).status())
+
+    def last_progress(self) -> Progress | None:
+        """The last progress report of a job that waits or runs; as
+        :meth:`aioqueue.Job.last_progress`."""
+        return self._sync._call("job.last_progress()", lambda q: self._on(q).last_progress())
 
     def cancel(self) -> bool:
         """Cancel the job: it never runs if it has not started, and is stopped (its child

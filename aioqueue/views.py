@@ -93,7 +93,8 @@ def last_minute(fields: dict[str, int], now_ms: int, ago: int = 1) -> dict[str, 
 
 @dataclass(frozen=True, slots=True)
 class JobRow:
-    """One job as stored: its state, envelope, attempts, lease, times (ms), errors, outcome."""
+    """One job as stored: its state, envelope, attempts, lease, times (ms), errors, outcome,
+    and its last progress report."""
 
     now_ms: int
     state: str
@@ -105,3 +106,4 @@ class JobRow:
     dead_at_ms: float | None
     errors: bytes | None
     outcome: bytes | None
+    progress: bytes | None = None

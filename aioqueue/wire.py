@@ -22,10 +22,12 @@ __all__ = (
     "Envelope",
     "ErrorInfo",
     "Outcome",
+    "Progress",
     "decode_child_reply",
     "decode_envelope",
     "decode_errors",
     "decode_outcome",
+    "decode_progress",
     "encode",
 )
 
@@ -62,7 +64,8 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     message: str
     traceback: str = ""
     attempt: int = 0
-    kind: str = "raised"  # raised, timeout, crashed, lost, unknown_task, malformed, expired
+    kind: str = "raised"  # raised, timeout, crashed, lost, unknown_task, malformed, expired,
+    # retry (the task asked for one), snooze (the task asked to run later)
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -78,16 +81,38 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     finished: float = 0.0
 
 
+class Progress(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A running job's progress, as its task last reported it.
+
+    :ivar fraction: how far along, 0 to 1 (None: not said).
+    :ivar message: what it is doing, in words.
+    :ivar state: a checkpoint of plain data (numbers, strings, bytes, lists, dicts): a retried
+        or snoozed job finds it in :attr:`aioqueue.JobContext.progress` and can resume from it.
+    :ivar attempt: the attempt that reported it.
+    :ivar at: when, by the worker's wall clock (``time.time()``).
+    """
+
+    fraction: float | None = None
+    message: str = ""
+    state: Any = None
+    attempt: int = 0
+    at: float = 0.0
+
+
 class ChildJob(msgspec.Struct, frozen=True, array_like=True):
     """What the supervisor sends a child for one job: the task's name and its raw arguments.
 
-    Encoded as a msgpack array ``[task, args, kwargs]``; ``args`` (an array) and ``kwargs`` (a
-    map) are the envelope's bytes as they were submitted, decoded only in the child.
+    Encoded as a msgpack array ``[task, args, kwargs, id, attempt, progress]``; ``args`` (an
+    array) and ``kwargs`` (a map) are the envelope's bytes as they were submitted, decoded only
+    in the child; ``progress`` is the job's last :class:`Progress` as stored (nil if none).
     """
 
     task: str
     args: msgspec.Raw = EMPTY_ARGS
     kwargs: msgspec.Raw = EMPTY_KWARGS
+    id: str = ""
+    attempt: int = 1
+    progress: msgspec.Raw = NIL
 
 
 class ChildReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -96,6 +121,7 @@ class ChildReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ok: bool
     value: msgspec.Raw = NIL
     error: ErrorInfo | None = None
+    delay: float | None = None  # seconds, when the task asked for a retry or a snooze
 
 
 _TYPES: dict[type, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {}
@@ -140,6 +166,7 @@ _envelope = msgspec.msgpack.Decoder(Envelope)
 _outcome = msgspec.msgpack.Decoder(Outcome)
 _error = msgspec.msgpack.Decoder(ErrorInfo)
 _child_reply = msgspec.msgpack.Decoder(ChildReply)
+_progress = msgspec.msgpack.Decoder(Progress)
 
 encode = _encoder.encode
 
@@ -168,6 +195,14 @@ def decode_child_reply(data: bytes) -> ChildReply:
 def decode_outcome(data: bytes) -> Outcome:
     """Decode a stored outcome."""
     return _outcome.decode(data)
+
+
+def decode_progress(data: bytes) -> Progress:
+    """Decode a stored progress report.
+
+    :raises msgspec.DecodeError: if the bytes are not one.
+    """
+    return _progress.decode(data)
 
 
 def decode_errors(data: bytes) -> list[ErrorInfo]:

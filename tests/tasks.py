@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from aioqueue import Queue, register_type
+from aioqueue import Queue, Snooze, job_context, register_type
 
 # A test breaks this module's import (as a bad deploy would) by creating the file named here.
 _BREAK = os.environ.get("AIOQUEUE_TEST_BREAK_IMPORT")
@@ -274,3 +274,70 @@ def one_at_a_time(ledger: str, tag: str) -> str:
 @queue.task(rate=(4, 0.4))
 def paced() -> None:
     """At most 4 start in any 0.4 s, across all workers."""
+
+
+# -- progress and context (tests/test_progress.py) -------------------------------------------
+
+
+@queue.task(retries=1)
+def steps(ledger: str, n: int, fail_at: int = -1) -> int:
+    """Report a checkpoint after each of ``n`` steps; the first attempt fails at ``fail_at``.
+    Returns the step it started from (a retry resumes from the last checkpoint)."""
+    ctx = job_context()
+    start = ctx.progress.state if ctx.progress is not None else 0
+    with open(ledger, "a") as f:
+        f.write(f"{ctx.id} attempt {ctx.attempt} from {start}\n")
+    for i in range(start, n):
+        if i == fail_at and ctx.attempt == 1:
+            raise RuntimeError(f"failed at step {i}")
+        ctx.report_progress((i + 1) / n, f"step {i + 1}", state=i + 1)
+    return int(start)
+
+
+@queue.task
+def half_then_wait(gate: str) -> str:
+    """Report half way, wait for the file ``gate``, report done."""
+    ctx = job_context()
+    ctx.report_progress(0.5, "half")
+    block_until(gate)
+    ctx.report_progress(1.0, "done")
+    return ctx.id
+
+
+@queue.task(retries=3)
+def retry_twice(ledger: str, delay: float) -> int:
+    """Ask for a retry in ``delay`` s on the first two attempts; return the attempt."""
+    ctx = job_context()
+    with open(ledger, "a") as f:
+        f.write(f"{ctx.attempt} {time.monotonic()}\n")
+    if ctx.attempt < 3:
+        ctx.retry(delay, f"not yet ({ctx.attempt})")
+    return ctx.attempt
+
+
+@queue.task(retries=0)
+def snooze_twice(ledger: str, delay: float) -> int:
+    """Snooze twice, then return the attempt number (snoozes don't count)."""
+    ctx = job_context()
+    with open(ledger, "a") as f:
+        f.write(f"{ctx.attempt} {time.monotonic()}\n")
+    if len(Path(ledger).read_text().splitlines()) <= 2:
+        raise Snooze(delay)
+    return ctx.attempt
+
+
+@queue.task(timeout=0.5)
+def overrun(seconds: float, extend: bool) -> str:
+    """Sleep past the 0.5 s timeout, having asked for more time if ``extend``."""
+    if extend:
+        job_context().extend_timeout(seconds + 2)
+    time.sleep(seconds)
+    return "finished"
+
+
+@queue.task
+async def async_context() -> list[object]:
+    """An async task sees its job's context too."""
+    ctx = job_context()
+    ctx.report_progress(1.0, "async")
+    return [ctx.id, ctx.attempt, ctx.task]

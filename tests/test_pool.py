@@ -80,13 +80,12 @@ def submit(
 ) -> tuple[Work, asyncio.Future[Reply]]:
     """Submit ``tests.pool_tasks.<task>``; the future gets what ``on_done`` got."""
     done: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-    work = pool.submit(
+    job = wire.ChildJob(
         f"tests.pool_tasks.{task}",
         msgspec.Raw(wire.encode(list(args))),
         msgspec.Raw(wire.encode(kwargs)),
-        timeout,
-        done.set_result,
     )
+    work = pool.submit(job, timeout, done.set_result)
     return work, done
 
 

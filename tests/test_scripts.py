@@ -185,8 +185,12 @@ async def test_resent_cancel_requeue_and_purge_answer_as_the_first_time(
     job = await queue.options(delay=60).submit(tasks.noop)
     r = receipt(queue, "p1")
     cancelled = wire.encode(wire.Outcome(v=1, task="tests.tasks.noop", ok=False, cancelled=True))
-    assert await scripts._run("cancel", *_cancel_call(queue, job.id, cancelled), r) == [1]
-    assert await scripts._run("cancel", *_cancel_call(queue, job.id, cancelled), r) == [1]
+    assert await scripts._run(
+        "cancel", *scripts.cancel_call([(job.id, cancelled, None)], 60_000), r
+    ) == [1]
+    assert await scripts._run(
+        "cancel", *scripts.cancel_call([(job.id, cancelled, None)], 60_000), r
+    ) == [1]
     assert sync_redis.hget(k.stats, "cancelled") == b"1"
     assert await scripts.cancel([(job.id, cancelled, None)], 60_000) == [1]  # a new call too
     assert sync_redis.hget(k.stats, "cancelled") == b"1"
@@ -210,14 +214,6 @@ async def test_resent_cancel_requeue_and_purge_answer_as_the_first_time(
     assert await scripts._run("purge", keys, [dead.id], r) == 1
     assert await scripts._run("purge", keys, [dead.id], r) == 1
     assert not sync_redis.hexists(k.jobs, dead.id)
-
-
-def _cancel_call(queue: Queue, job_id: str, data: bytes) -> tuple[list[str], list[object]]:
-    k = queue.keys
-    keys = [k.pending, k.scheduled, k.jobs, k.attempts, k.priority, k.errors, k.stats,
-            k.leases, k.cancels, k.blocked, k.gactive, k.glimit, k.wake, k.rated,
-            k.result(job_id), k.jobs, k.jobs]  # fmt: skip
-    return keys, [k.done_channel, 60_000, job_id, data, "0", ""]
 
 
 async def test_requeued_dead_letter_holds_its_dedup_key_again(

@@ -75,6 +75,13 @@ def job_data(queue: str, job_id: str, row: JobRow) -> dict[str, Any]:
         "error": None,
         "redis_time": row.now_ms / 1000,
     }
+    d["progress"] = None
+    if row.progress is not None:
+        with contextlib.suppress(msgspec.DecodeError):
+            p = wire.decode_progress(row.progress)
+            d["progress"] = {"fraction": p.fraction, "message": p.message,
+                             "state": msgspec.to_builtins(p.state, enc_hook=repr),
+                             "attempt": p.attempt, "at": p.at}  # fmt: skip
     if outcome is not None and outcome.error is not None:
         e = outcome.error
         d["error"] = {"type": e.type, "message": e.message, "kind": e.kind}
@@ -101,6 +108,12 @@ def job_blocks(d: dict[str, Any], tracebacks: bool = True) -> list[Block]:
             pairs.append((name.replace("_", " "), f"{iso(d[name])} ({relative(d[name] - now)})"))
     if d["holder"]:
         pairs.append(("held by", d["holder"]))
+    if d["progress"]:
+        p = d["progress"]
+        done = f"{p['fraction']:.0%}" if p["fraction"] is not None else "?"
+        said = f" {p['message']}" if p["message"] else ""
+        pairs.append(("progress", f"{done}{said} (attempt {p['attempt']}, "
+                                  f"{relative(p['at'] - now)})"))  # fmt: skip
     if d["state"] == "complete":
         pairs.append(("result", json.dumps(d["result"])))
     if d["error"]:

@@ -4,7 +4,8 @@
 -- KEYS[1] pending  KEYS[2] scheduled  KEYS[3] jobs  KEYS[4] attempts  KEYS[5] priority
 -- KEYS[6] errors  KEYS[7] stats  KEYS[8] leases  KEYS[9] cancels  KEYS[10] blocked
 -- KEYS[11] gactive  KEYS[12] glimit (see _group.lua)  KEYS[13] wake  KEYS[14] rated
--- then per job: KEYS[15 + 3(i-1)] result:{id}, KEYS[16 + 3(i-1)] dedup, KEYS[17 + 3(i-1)] gq
+-- KEYS[15] progress (a retried or snoozed job's checkpoint)
+-- then per job: KEYS[16 + 3(i-1)] result:{id}, KEYS[17 + 3(i-1)] dedup, KEYS[18 + 3(i-1)] gq
 -- ARGV[1] channel, ARGV[2] ttl_ms, then per job: id, outcome bytes, has_dedup, group
 -- A job waiting for others (blocked) or for its group's slot is withdrawn like a pending one
 -- (its parents' `after` sets keep its id, which the finish script skips); a pending job of a
@@ -19,7 +20,7 @@ local woke = false
 local n = (#ARGV - 2) / 4
 for i = 0, n - 1 do
   local id, outcome, group = ARGV[3 + i * 4], ARGV[4 + i * 4], ARGV[6 + i * 4]
-  local rkey, dkey, gqkey = KEYS[15 + 3 * i], KEYS[16 + 3 * i], KEYS[17 + 3 * i]
+  local rkey, dkey, gqkey = KEYS[16 + 3 * i], KEYS[17 + 3 * i], KEYS[18 + 3 * i]
   local slot = redis.call('ZREM', KEYS[1], id) + redis.call('ZREM', KEYS[2], id)
   local waited = redis.call('HDEL', KEYS[10], id)
   if group ~= '' then
@@ -31,6 +32,7 @@ for i = 0, n - 1 do
     redis.call('HDEL', KEYS[5], id)
     redis.call('HDEL', KEYS[6], id)
     redis.call('HDEL', KEYS[14], id)
+    redis.call('HDEL', KEYS[15], id)
     redis.call('SET', rkey, outcome, 'PX', ttl)
     if ARGV[5 + i * 4] == '1' then
       redis.call('PEXPIRE', dkey, ttl)

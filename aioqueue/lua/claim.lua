@@ -13,10 +13,11 @@
 -- KEYS[11] full      string exists while a producer waits for room (see submit.lua)
 -- KEYS[12] rated     hash   id -> "key count period_ms" of a rate-limited job
 -- KEYS[13] tat       hash   rate key -> its theoretical arrival time (ms, GCRA)
+-- KEYS[14] progress  hash   id -> the job's last progress report (see progress.lua)
 -- ARGV[1] k (max jobs to claim), ARGV[2] lease_ms, ARGV[3] token prefix, ARGV[4] first token seq,
 -- ARGV[5] the done channel, where a claim that made room says so (a message of one byte, 2)
 -- Returns {ms until the next scheduled job or -1, stale ids skipped, 1 if paused else 0, then
---          per claimed job: id, token, attempts, envelope}
+--          per claimed job: id, token, attempts, envelope, last progress report or ''}
 -- A rate-limited job popped while its key is over its rate (count per period, GCRA: at most
 -- count in any period, spaced out after a burst) books the next free moment of the key and
 -- goes back to scheduled for it, unleased, its attempt uncounted (marked "=" in `rated`, so
@@ -46,6 +47,7 @@ local lease = tonumber(ARGV[2])
 local seq = tonumber(ARGV[4])
 local stale = 0
 local rated = k > 0 and redis.call('EXISTS', KEYS[12]) == 1
+local reported = k > 0 and redis.call('EXISTS', KEYS[14]) == 1
 if k > 0 then
   local popped = redis.call('ZPOPMIN', KEYS[1], k)
   for i = 1, #popped, 2 do
@@ -80,6 +82,7 @@ if k > 0 then
       out[#out + 1] = token
       out[#out + 1] = attempts
       out[#out + 1] = env
+      out[#out + 1] = reported and redis.call('HGET', KEYS[14], id) or ''
     else
       -- finished already (a stale copy) or leased by another holder: never start it twice
       stale = stale + 1

@@ -4,16 +4,18 @@
 -- KEYS[12] cancels (id -> when a cancel of the running job was asked, ms)
 -- KEYS[13] blocked (id -> parents not finished yet, see submit.lua)
 -- KEYS[14] gactive  KEYS[15] glimit (per-key concurrency, see _group.lua)  KEYS[16] rated
--- then for job i (0-based): KEYS[17 + 4i] result:{id}, KEYS[18 + 4i] dedup:{key} (any key if
--- none), KEYS[19 + 4i] after:{id} (the jobs waiting for this one: released once it is done),
--- KEYS[20 + 4i] gq:{group} (any key if none)
+-- KEYS[17] progress (id -> last progress report: kept across retries, dropped once done)
+-- then for job i (0-based): KEYS[18 + 4i] result:{id}, KEYS[19 + 4i] dedup:{key} (any key if
+-- none), KEYS[20 + 4i] after:{id} (the jobs waiting for this one: released once it is done),
+-- KEYS[21 + 4i] gq:{group} (any key if none)
 -- ARGV[1] pub/sub channel for finished jobs (see _announce.lua), ARGV[2] dead_ttl_ms, ARGV[3] max_dead
 -- then per job (10 each): id, token, kind, result, error, delay_ms, ttl_ms, has_dedup, reaping,
 --   group ('' if none)
 --   kind: "ok"      store result (TTL), forget the job
 --         "retry"   append error, schedule the next attempt after delay_ms
 --         "dead"    append error, store the failure as result (TTL), move to the dead letters
---         "release" hand the job back untouched; the attempt does not count
+--         "release" hand the job back untouched, the attempt uncounted: at once, or after
+--                   delay_ms (a snooze)
 --         "cancel"  store the cancelled outcome (`result`, TTL), forget the job
 --   A "retry" or "release" of a job whose cancel was asked is a "cancel" (its `result` holds
 --   the cancelled outcome for that case): a cancelled job never runs again.
@@ -38,8 +40,8 @@ for i = 0, n - 1 do
   local b = H + i * 10
   local id, token, kind = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local reaping = ARGV[b + 9] == '1'
-  local rkey, dkey, akey = KEYS[17 + 4 * i], KEYS[18 + 4 * i], KEYS[19 + 4 * i]
-  local group, gqkey = ARGV[b + 10], KEYS[20 + 4 * i]
+  local rkey, dkey, akey = KEYS[18 + 4 * i], KEYS[19 + 4 * i], KEYS[20 + 4 * i]
+  local group, gqkey = ARGV[b + 10], KEYS[21 + 4 * i]
   local ttl = tonumber(ARGV[b + 7])
   local lease = redis.call('ZSCORE', KEYS[4], id)
   local held = lease and redis.call('HGET', KEYS[3], id) == token
@@ -89,9 +91,15 @@ for i = 0, n - 1 do
       done[#done + 1] = ARGV[b + 4]
     elseif kind == 'release' then
       redis.call('HINCRBY', KEYS[2], id, -1)
-      local p = tonumber(redis.call('HGET', KEYS[5], id) or '0')
-      redis.call('ZADD', KEYS[6], -p, id)
-      redis.call('HINCRBY', KEYS[11], 'released', 1)
+      local delay = tonumber(ARGV[b + 6])
+      if delay > 0 then
+        redis.call('ZADD', KEYS[7], now + delay, id)
+        redis.call('HINCRBY', KEYS[11], 'snoozed', 1)
+      else
+        local p = tonumber(redis.call('HGET', KEYS[5], id) or '0')
+        redis.call('ZADD', KEYS[6], -p, id)
+        redis.call('HINCRBY', KEYS[11], 'released', 1)
+      end
       woke = true
     else
       failed = failed + 1
@@ -131,6 +139,7 @@ for i = 0, n - 1 do
       end
       redis.call('DEL', akey)
       redis.call('HDEL', KEYS[16], id)
+      redis.call('HDEL', KEYS[17], id)
       if group ~= '' then
         woke = group_done(KEYS[14], KEYS[15], gqkey, group, KEYS[1], KEYS[5], KEYS[6]) or woke
       end

@@ -1,10 +1,11 @@
 -- job_info: everything known about one job, in one step (read-only).
 -- KEYS[1] jobs  KEYS[2] attempts  KEYS[3] tokens  KEYS[4] leases  KEYS[5] pending
 -- KEYS[6] scheduled  KEYS[7] dead  KEYS[8] errors  KEYS[9] priority  KEYS[10] result:{id}
+-- KEYS[11] progress
 -- ARGV[1] id
 -- Returns {now (ms), state, envelope or false, attempts or false, holder token or false,
 --          lease deadline or false, run-at (scheduled) or false, dead-at or false,
---          error records or false, outcome or false}; state is one of running, pending,
+--          error records or false, outcome or false, last progress report or false}; state is one of running, pending,
 --          scheduled, dead, finished (see the outcome), unknown.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -39,4 +40,5 @@ return {
   dead_at or false,
   redis.call('HGET', KEYS[8], id) or false,
   outcome or false,
+  redis.call('HGET', KEYS[11], id) or false,
 }

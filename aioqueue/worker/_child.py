@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import inspect
 import io
@@ -34,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from .. import wire
+from .. import context, wire
 from .._imports import import_queue
 from ..queue import Queue
 from ._frames import (
@@ -42,6 +43,8 @@ from ._frames import (
     READY,
     START_FAILED,
     Done,
+    Extend,
+    Report,
     Run,
     Withdrawn,
     decode_request,
@@ -167,14 +170,30 @@ def _error(exc: BaseException, kind: str = "raised") -> wire.ErrorInfo:
 
 
 class Runner:
-    """Runs the jobs of one queue: looks the task up, checks its arguments, calls it."""
+    """Runs the jobs of one queue: looks the task up, checks its arguments, calls it with its
+    :class:`~aioqueue.context.JobContext` current; ``replies`` carries what the task reports."""
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, replies: Replies) -> None:
         self.queue = queue
+        self.replies = replies
         self._loop: asyncio.Runner | None = None  # for async def tasks, made on first use
 
-    def run(self, job: wire.ChildJob) -> wire.ChildReply:
-        """Run one job and say what came of it."""
+    def run(self, seq: int, job: wire.ChildJob) -> wire.ChildReply:
+        """Run job ``seq`` and say what came of it; its last progress report is sent first."""
+        send = self.replies.send
+        ctx = context.JobContext(
+            job.id, job.attempt, job.task, self.queue.name, _progress(job.progress),
+            lambda data: send(Report(seq, msgspec.Raw(data))),
+            lambda seconds: send(Extend(seq, seconds)),
+        )  # fmt: skip
+        token = context.enter(ctx)
+        try:
+            return self._run(job)
+        finally:
+            context.leave(token)
+            ctx.close()
+
+    def _run(self, job: wire.ChildJob) -> wire.ChildReply:
         td = self.queue.tasks.get(job.task)
         if td is None:
             return wire.ChildReply(
@@ -195,6 +214,10 @@ class Runner:
             value = td.fn(*bound_args, **bound_kwargs)
             if inspect.isawaitable(value):
                 value = self._wait(value)
+        except context.Retry as exc:
+            return wire.ChildReply(ok=False, error=_error(exc, "retry"), delay=exc.delay)
+        except context.Snooze as exc:
+            return wire.ChildReply(ok=False, error=_error(exc, "snooze"), delay=exc.delay)
         except (Exception, asyncio.CancelledError) as exc:
             return wire.ChildReply(ok=False, error=_error(exc))
         try:
@@ -210,7 +233,8 @@ class Runner:
     def _wait(self, aw: Any) -> Any:
         if self._loop is None:
             self._loop = asyncio.Runner()
-        return self._loop.run(_await(aw))
+        # the loop's own context was copied when it was made: run in the job's
+        return self._loop.run(_await(aw), context=contextvars.copy_context())
 
     def close(self) -> None:
         """Close the event loop, if an async task made one."""
@@ -221,6 +245,16 @@ class Runner:
 
 async def _await(aw: Any) -> Any:
     return await aw
+
+
+def _progress(data: msgspec.Raw) -> wire.Progress | None:
+    """The job's last progress as the supervisor passed it on (None if none, or unreadable)."""
+    if bytes(data) == bytes(wire.NIL):
+        return None
+    try:
+        return wire.decode_progress(bytes(data))
+    except msgspec.DecodeError:
+        return None
 
 
 def main(argv: list[str]) -> None:
@@ -235,7 +269,7 @@ def main(argv: list[str]) -> None:
     replies = Replies(out_fd)
     try:
         queue = import_queue(argv[1])
-        runner = Runner(queue)
+        runner = Runner(queue, replies)
         life = Lifecycle(queue, runner._wait, argv[2:])  # start hooks: may fail the start too
     except BaseException:  # even SystemExit: the supervisor reports it and decides what next
         report = START_FAILED + traceback.format_exc().encode(errors="replace")
@@ -249,7 +283,7 @@ def main(argv: list[str]) -> None:
         while (run := inbox.take()) is not None:
             life.before_job()
             started = clock()
-            reply = runner.run(run.job)
+            reply = runner.run(run.seq, run.job)
             replies.send(Done(run.seq, started, clock(), reply))
         life.stop()  # the input ended: not after a crash
     finally:

@@ -8,7 +8,9 @@ formatted traceback (UTF-8), after which it exits. Then:
   job back that you have not started);
 * the child answers each job it ran with :class:`Done`, and each withdrawal with
   :class:`Withdrawn`: ``ok`` when the job was still queued (it will never run), false when the
-  child had already taken it (it is running or done; its :class:`Done` comes or came).
+  child had already taken it (it is running or done; its :class:`Done` comes or came);
+* while a job runs, its task may send :class:`Report` (its progress) and :class:`Extend` (more
+  time before its timeout), always before the job's :class:`Done`.
 
 A child runs jobs in the order they came. It writes a job's :class:`Done`, and answers a
 withdrawal, before it takes its next job, so after a child's death the frames it left in the
@@ -29,6 +31,8 @@ __all__ = (
     "READY",
     "START_FAILED",
     "Done",
+    "Extend",
+    "Report",
     "Run",
     "Withdraw",
     "Withdrawn",
@@ -73,9 +77,25 @@ class Withdrawn(msgspec.Struct, frozen=True, array_like=True, tag=2):
     ok: bool
 
 
+class Report(msgspec.Struct, frozen=True, array_like=True, tag=3):
+    """Child → supervisor: job ``seq`` reported its progress (an encoded ``wire.Progress``)."""
+
+    seq: int
+    progress: msgspec.Raw
+
+
+class Extend(msgspec.Struct, frozen=True, array_like=True, tag=4):
+    """Child → supervisor: job ``seq`` may run until at least ``seconds`` from now."""
+
+    seq: int
+    seconds: float
+
+
+Reply = Done | Withdrawn | Report | Extend
+
 _encoder = msgspec.msgpack.Encoder()
 _requests = msgspec.msgpack.Decoder(Run | Withdraw)
-_replies = msgspec.msgpack.Decoder(Done | Withdrawn)
+_replies = msgspec.msgpack.Decoder(Reply)
 
 
 def decode_request(data: bytes) -> Run | Withdraw:
@@ -86,7 +106,7 @@ def decode_request(data: bytes) -> Run | Withdraw:
     return _requests.decode(data)
 
 
-def decode_reply(data: bytes | memoryview) -> Done | Withdrawn:
+def decode_reply(data: bytes | memoryview) -> Reply:
     """A frame from a child (in the supervisor).
 
     :raises msgspec.DecodeError: if it is neither.

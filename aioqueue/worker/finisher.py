@@ -3,7 +3,8 @@
 Outcomes wait in one queue. The fetch loop takes some with each claim (one round trip for both);
 the finisher writes the rest. Whoever takes a batch owns it until Redis answers: a batch whose
 reply was lost is re-sent as is, under the same receipt, so it is applied once and answered with
-its first reply (a re-sent release is not counted as fenced).
+its first reply (a re-sent release is not counted as fenced). Outcomes wait for the progress
+reports that came before them (progress.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import anyio.lowlevel
 from ..scripts import FinishItem, Scripts
 from ._state import Channel, Held, Outage
 from .backoff import Backoff
+from .progress import ProgressWriter
 
 __all__ = ("Finisher", "Pending")
 
@@ -45,8 +47,10 @@ class Finisher:
         dead: tuple[int, int],
         outage: Outage,
         on_done: Callable[[Pending, int], None],
+        reports: ProgressWriter | None = None,
     ) -> None:
         self.scripts = scripts
+        self.reports = reports
         self.channel = channel
         self.dead = dead
         self.outage = outage
@@ -62,7 +66,10 @@ class Finisher:
         self._ready.set()
 
     def take(self, n: int = BATCH) -> list[Pending]:
-        """Take up to ``n`` outcomes to write; the taker owns them until :meth:`settle`."""
+        """Take up to ``n`` outcomes to write; the taker owns them until :meth:`settle`. None
+        while progress reports that came before them wait to be written."""
+        if self.reports is not None and self.reports.busy:
+            return []
         batch = self.queue[:n]
         del self.queue[:n]
         self.taken += len(batch)
@@ -85,6 +92,8 @@ class Finisher:
                 await self._ready.wait()
                 continue
             await anyio.lowlevel.checkpoint()  # let the fetch loop take them with its claim
+            if self.reports is not None and self.reports.busy:
+                await self.reports.settled()
             batch = self.take()
             if not batch:
                 continue

@@ -24,7 +24,7 @@ from typing import Any, cast
 import msgspec
 
 from .. import wire
-from ._frames import HEADER, READY, START_FAILED, Done, Withdrawn, decode_reply
+from ._frames import HEADER, READY, START_FAILED, Reply, decode_reply
 
 __all__ = (
     "CANCEL", "STEAL", "Child", "PoolStartError", "Work", "describe_exit", "spawn", "takeovers",
@@ -106,7 +106,7 @@ class Work:
             self.on_done(reply)
 
 
-Frames = list[Done | Withdrawn]
+Frames = list[Reply]
 
 
 class Child(asyncio.SubprocessProtocol):

@@ -59,10 +59,13 @@ class Outcomes:
             dedup=self._dedup(held), group=_group(held),
         )  # fmt: skip
 
-    def release(self, held: Held) -> FinishItem:
+    def release(self, held: Held, delay: float = 0.0) -> FinishItem:
+        """Hand the job back, its attempt uncounted: at once, or in ``delay`` seconds (a
+        snooze)."""
         return FinishItem(
-            held.id, held.token, "release", result=self._cancelled(held), group=_group(held)
-        )
+            held.id, held.token, "release", result=self._cancelled(held),
+            delay_ms=math.ceil(delay * 1000), group=_group(held),
+        )  # fmt: skip
 
     def cancelled(self, held: Held, why: wire.ErrorInfo | None = None) -> FinishItem:
         """A job stopped because a producer cancelled it, or never started because it expired
@@ -93,11 +96,18 @@ class Outcomes:
         return wire.encode(outcome)
 
     def failure(
-        self, held: Held, err: wire.ErrorInfo, retries: int | None = None, *, reaping: bool = False
+        self,
+        held: Held,
+        err: wire.ErrorInfo,
+        retries: int | None = None,
+        *,
+        reaping: bool = False,
+        after: float | None = None,
     ) -> FinishItem:
         """A failed attempt: retried after backoff while retries are left, else dead-lettered.
 
-        ``retries=None``: the job's own; ``reaping``: a lost worker's job, retried at once.
+        ``retries=None``: the job's own; ``reaping``: a lost worker's job, retried at once;
+        ``after``: the delay the task asked for, instead of the backoff.
         """
         s = self.settings
         err = msgspec.structs.replace(err, attempt=held.attempts)
@@ -107,6 +117,8 @@ class Outcomes:
             held.attempts, retries, backoff=s.retry_backoff, backoff_max=s.retry_backoff_max,
             jitter=random.random(), immediate=reaping,
         )  # fmt: skip
+        if delay is not None and after is not None:
+            delay = after
         ttl_ms, dedup = self._ttl_ms(held), self._dedup(held)
         if delay is not None:
             log.info(
@@ -145,7 +157,11 @@ class Outcomes:
         err = reply.error or wire.ErrorInfo(type="Error", message="unknown failure")
         if err.kind in ("malformed", "unknown_task"):
             return self.dead(held, err.type, err.message, err.kind, err.traceback)
-        return self.failure(held, err)
+        if err.kind == "snooze":
+            log.info("job %s: %s snoozed for %.3g s", held.id, held.task, reply.delay or 0.0,
+                     extra=job_fields(held, self.worker, "snoozed"))  # fmt: skip
+            return self.release(held, reply.delay or 0.0)
+        return self.failure(held, err, after=reply.delay if err.kind == "retry" else None)
 
     def lost(self, held: Held) -> FinishItem:
         """An expired lease found by recovery: the holder's attempt failed as WorkerLost."""

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from .. import wire
-from ._frames import Done, Run, Withdraw, frame
+from ._frames import Done, Extend, Report, Run, Withdraw, Withdrawn, frame
 from .handle import CANCEL, STEAL, Child, Frames, PoolStartError, Work, takeovers
 from .limits import Limits
 from .prefetch import Depth
@@ -71,6 +71,7 @@ class Pool:
         on_change: Callable[[], None] | None = None,
         on_broken: Callable[[str], None] | None = None,
         on_start: Callable[[Work], None] | None = None,
+        on_report: Callable[[Work, msgspec.Raw], None] | None = None,
         max_tasks_per_child: int | None = None,
         kill_grace: float = 1.0,
         start_timeout: float = 60.0,
@@ -95,6 +96,7 @@ class Pool:
         self._on_change = on_change
         self._on_broken = on_broken
         self._on_start = on_start
+        self._on_report = on_report
         self._seq = 0
         self._waiting: deque[Work] = deque()  # submitted, in no child's pipe
         self._live: list[Child] = []  # ready children that take jobs: the capacity
@@ -227,15 +229,13 @@ class Pool:
 
     def submit(
         self,
-        task: str,
-        args: msgspec.Raw,
-        kwargs: msgspec.Raw,
+        job: wire.ChildJob,
         timeout: float | None,
         on_done: Callable[[wire.ChildReply | None], None],
         tag: Any = None,
     ) -> Work:
-        """Run ``task`` with its raw msgpack arguments (an array, a map) in an idle child, or
-        queue it in a busy one, or hold it in the pool until a child can take it.
+        """Run ``job`` (its task with its raw msgpack arguments) in an idle child, or queue it
+        in a busy one, or hold it in the pool until a child can take it.
 
         ``on_done`` is called once: with the child's reply (``kind`` "timeout", "memory" or
         "crashed" when its child was killed or died), or with None when the job never ran to
@@ -243,8 +243,8 @@ class Pool:
         :class:`Work` for ``on_start``.
         """
         self._seq += 1
-        data = frame(Run(self._seq, wire.ChildJob(task, args, kwargs)))
-        work = Work(self._seq, task, data, timeout, on_done, tag)
+        data = frame(Run(self._seq, job))
+        work = Work(self._seq, job.task, data, timeout, on_done, tag)
         if self.broken is not None or self._closing:
             asyncio.get_running_loop().call_soon(work._finish, None)
             return work
@@ -322,6 +322,20 @@ class Pool:
         if self._on_start is not None:
             self._on_start(work)
 
+    def _extend(self, child: Child, msg: Extend) -> None:
+        """The running job asked to run until at least ``msg.seconds`` from now."""
+        work = child.jobs[0]
+        if work.timeout is None or not work.started or child.timer is None:
+            return
+        now = time.monotonic()
+        if work.started_at + work.timeout >= now + msg.seconds:
+            return
+        work.timeout = now + msg.seconds - work.started_at
+        child.timer.cancel()
+        child.timer = asyncio.get_running_loop().call_later(
+            msg.seconds, self._timed_out, child, work
+        )
+
     def _timed_out(self, child: Child, work: Work) -> None:
         if child.jobs and child.jobs[0] is work and not child.dead:
             child.timer = None
@@ -392,8 +406,14 @@ class Pool:
                 return  # killed: whatever it still says is dropped; its end deals with its jobs
             if isinstance(msg, Done):
                 self._done(child, msg)
-            else:
+            elif isinstance(msg, Withdrawn):
                 self._withdrawn(child, msg.seq, msg.ok)
+            elif child.jobs and child.jobs[0].seq == msg.seq:  # from the job it runs
+                if isinstance(msg, Report):
+                    if self._on_report is not None:
+                        self._on_report(child.jobs[0], msg.progress)
+                else:
+                    self._extend(child, msg)
         self._schedule()
         self._changed()
 

@@ -39,6 +39,7 @@ from .logs import job_fields
 from .metrics import Metrics
 from .outcomes import Outcomes
 from .pool import Pool, Work
+from .progress import ProgressWriter
 from .schedules import schedule_loop
 from .settings import WorkerSettings
 
@@ -73,9 +74,10 @@ class Worker:
         self.fetch_channel = Channel(k, self.id, "fetch", max(60_000, 10 * self.lease_ms))
         self.beat_channel = Channel(k, self.id, "beat", max(60_000, 10 * self.lease_ms))
         self.reap_channel = Channel(k, self.id, "reap", RECEIPT_MS)
+        self.reports = ProgressWriter(self.scripts, self.outage)
         self.finisher = Finisher(
             self.scripts, Channel(k, self.id, "finish", RECEIPT_MS), self.dead, self.outage,
-            self._finished,
+            self._finished, self.reports,
         )  # fmt: skip
         self.fetcher = Fetcher(self)
         self.pool: Pool | None = None
@@ -83,7 +85,8 @@ class Worker:
         self.running = 0  # jobs between claim and the child's reply
         self.counters: dict[str, int] = {
             "claimed": 0, "completed": 0, "retried": 0, "dead": 0, "released": 0,
-            "cancelled": 0, "fenced": 0, "lost": 0, "recovered": 0, "stale": 0, "lease_lost": 0,
+            "snoozed": 0, "cancelled": 0, "fenced": 0, "lost": 0, "recovered": 0, "stale": 0,
+            "lease_lost": 0,
         }  # fmt: skip
         self.cancelling: set[str] = set()  # held jobs whose cancel was asked, being stopped
         self.metrics = Metrics(self)
@@ -144,6 +147,7 @@ class Worker:
                 on_change=self._notify,
                 on_broken=self._broken,
                 on_start=self._started,
+                on_report=lambda work, report: self.reports.put(work.tag, bytes(report)),
             )
             tg.start_soon(self.limits.watch, self.pool)  # with a memory_limit
             if s.handle_signals:
@@ -171,6 +175,7 @@ class Worker:
         tg.start_soon(recovery_loop, self)
         tg.start_soon(schedule_loop, self)
         tg.start_soon(self.finisher.run)
+        tg.start_soon(self.reports.run)
         with anyio.CancelScope() as self._fetch_scope:
             await self.fetcher.run()
         await self._drain()
@@ -364,10 +369,11 @@ class Worker:
         self, held: Held, env: wire.Envelope, args: msgspec.Raw, timeout: float | None
     ) -> None:
         assert self.pool is not None
+        progress = msgspec.Raw(held.job.progress) if held.job.progress else wire.NIL
+        job = wire.ChildJob(env.task, args, env.kwargs, held.id, held.attempts, progress)
         held.work = self.pool.submit(
-            env.task, args, env.kwargs, timeout, lambda reply: self._on_reply(held, reply),
-            tag=held,
-        )  # fmt: skip
+            job, timeout, lambda reply: self._on_reply(held, reply), tag=held
+        )
 
     def _started(self, work: Work) -> None:
         """A child was given a job."""
@@ -428,7 +434,8 @@ class Worker:
         """Count what the finish script did with an outcome, as Redis counts it."""
         if applied == 1:
             counter = {"ok": "completed", "retry": "retried", "dead": "dead",
-                       "release": "released", "cancel": "cancelled"}  # fmt: skip
+                       "release": "snoozed" if item.delay_ms else "released",
+                       "cancel": "cancelled"}  # fmt: skip
             self.counters[counter[item.kind]] += 1
             if item.kind not in ("release", "cancel"):
                 series = self.metrics.task(held.task)
