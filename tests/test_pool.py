@@ -419,3 +419,22 @@ async def test_a_child_whose_input_ends_runs_at_most_one_more_job() -> None:
         assert ok(await result(done)) == first
         pids = [ok(await result(job)) for job in queued]
         assert pids.count(first) <= 1 and len(set(pids) - {first}) == 1
+
+
+async def test_cancel_of_several_jobs_queued_in_one_child_stops_each(tmp_path: Path) -> None:
+    """Two of three jobs queued behind a running one in the same child are cancelled: neither
+    ever runs, the third does, and no child is killed."""
+    marks = [tmp_path / f"m{i}" for i in range(3)]
+    async with open_pool(prefetch=3) as (pool, watch):
+        before = ok(await result(submit(pool, "pid")[1]))
+        _, running = submit(pool, "sleep", 0.5)
+        queued = [submit(pool, "touch", str(m)) for m in marks]
+        await eventually(lambda: pool.queued == [3], 5, "three jobs queued in the child")
+        pool.cancel(queued[0][0])
+        pool.cancel(queued[2][0])
+        assert await result(queued[0][1]) is None and await result(queued[2][1]) is None
+        assert ok(await result(running)) == before
+        ok(await result(queued[1][1]))
+        assert ok(await result(submit(pool, "pid")[1])) == before  # same child throughout
+        assert [m.exists() for m in marks] == [False, True, False]
+        assert min(watch.capacities) == 1  # no child was lost

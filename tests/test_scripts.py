@@ -316,3 +316,25 @@ async def test_resent_pause_and_resume_answer_as_the_first_time(
     assert await scripts._run("resume", [k.paused, k.wake], [], r) == 1
     assert sync_redis.llen(k.wake) == 1
     assert await scripts.resume() is False  # a new call: not paused
+
+
+async def test_reaping_finish_resent_after_lost_reply_answers_as_the_first_time(
+    queue: Queue, scripts: Scripts, sync_redis: redis.Redis
+) -> None:
+    """Recovery's finish re-sent with its receipt answers 1 again (so the worker counts the one
+    recovery Redis counted); a new call for the same lease is told there is nothing left."""
+    await queue.submit(tasks.noop)
+    await scripts.claim(1, 1, "gone", Receipt(queue.keys.receipt("c"), "1", 60_000))
+    deadline = time.monotonic() + 5
+    while not (rows := await scripts.expired(10, (60_000, 1000))):
+        assert time.monotonic() < deadline, "the 1 ms lease never expired"
+    [row] = rows
+    item = FinishItem(row.id, row.token, "retry", error=b"lost", reaping=True)
+    r = Receipt(queue.keys.receipt("w:reap"), "1", 60_000)
+    assert await scripts.finish([item], r, (60_000, 1000)) == [1]
+    assert await scripts.finish([item], r, (60_000, 1000)) == [1]  # re-sent: the first answer
+    stats = sync_redis.hgetall(queue.keys.stats)
+    assert stats[b"recovered"] == b"1" and b"fenced" not in stats
+    r2 = Receipt(queue.keys.receipt("w:reap"), "2", 60_000)
+    assert await scripts.finish([item], r2, (60_000, 1000)) == [-2]  # a new call
+    assert sync_redis.hgetall(queue.keys.stats) == stats

@@ -9,6 +9,18 @@ import msgspec
 import pytest
 
 from aioqueue import wire
+from aioqueue.worker._frames import (
+    HEADER,
+    Done,
+    Extend,
+    Report,
+    Run,
+    Withdraw,
+    Withdrawn,
+    decode_reply,
+    decode_request,
+    frame,
+)
 
 ERROR = wire.ErrorInfo(
     type="ValueError", message="bad input", traceback="Traceback ...", attempt=2, kind="raised"
@@ -145,3 +157,32 @@ def test_a_torn_length_prefix_at_the_end_is_ignored() -> None:
     """Fewer than four bytes after the last record can't hold a length: they are ignored."""
     data = _record(wire.encode(ERROR)) + b"\x00\x00"
     assert wire.decode_errors(data) == [ERROR]
+
+
+def test_child_frames_round_trip_and_refuse_garbage() -> None:
+    job = wire.ChildJob(
+        "m.f", msgspec.Raw(wire.encode([1, "x"])), msgspec.Raw(wire.encode({"k": 2}))
+    )
+    for msg in (Run(7, job), Withdraw(7)):
+        buf = bytes(frame(msg))
+        (n,) = HEADER.unpack_from(buf)
+        assert n == len(buf) - HEADER.size
+        back = decode_request(buf[HEADER.size :])
+        assert type(back) is type(msg) and back.seq == 7
+        if isinstance(back, Run):
+            assert back.job.task == "m.f"
+            assert bytes(back.job.args) == bytes(job.args)
+            assert bytes(back.job.kwargs) == bytes(job.kwargs)
+    reply = wire.ChildReply(ok=True, value=msgspec.Raw(wire.encode(3)))
+    for msg in (
+        Done(7, 1.0, 2.0, reply),
+        Withdrawn(7, True),
+        Report(7, msgspec.Raw(wire.encode(wire.Progress(fraction=0.5)))),
+        Extend(7, 2.5),
+    ):
+        assert decode_reply(bytes(frame(msg))[HEADER.size :]) == msg
+    for garbage in (b"", b"\xc1", wire.encode([9, 1])):
+        with pytest.raises(msgspec.DecodeError):
+            decode_request(garbage)
+        with pytest.raises(msgspec.DecodeError):
+            decode_reply(garbage)

@@ -14,7 +14,7 @@ import aioqueue
 from aioqueue import Queue
 from tests import tasks
 from tests._async import eventually
-from tests.conftest import StartWorker, alive, children_of
+from tests.conftest import StartWorker, WorkerProcess, alive, children_of
 
 pytestmark = pytest.mark.anyio
 
@@ -398,3 +398,16 @@ async def test_worker_pointed_at_a_non_redis_port_logs_one_line_per_outage(
         finally:
             worker.signal(signal.SIGKILL)  # a drain would wait on Redis that isn't there
             worker.stop()
+
+
+async def test_worker_logs_its_url_at_start_without_the_password(
+    redis_url: str, tmp_path: Path
+) -> None:
+    url = redis_url.replace("redis://", "redis://nobody:secret@", 1)
+    worker = WorkerProcess(url, tmp_path / "w.log", processes=1).start()
+    try:
+        await eventually(lambda: "nobody:***@" in worker.output(), 30, "the start line")
+        assert "secret" not in worker.output()
+    finally:
+        worker.signal(signal.SIGKILL)
+        worker.stop()
