@@ -567,6 +567,20 @@ async def watch(work: Awaitable[T], check: Callable[[], None], interval: float =
             await asyncio.gather(task, return_exceptions=True)
 
 
+async def in_lanes(call: Callable[[], Awaitable[object]], n: int, lanes: int) -> None:
+    """Make ``n`` calls from ``lanes`` coroutines at once, each making its next call when its
+    last one returns (a fixed number of callers, as concurrent producers are)."""
+    remaining = n
+
+    async def lane() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await call()
+
+    await asyncio.gather(*(lane() for _ in range(min(lanes, n))))
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on uvloop when it is installed (as the worker does), else on asyncio."""
     try:

@@ -89,15 +89,7 @@ async def spread_names(url: str, count: int) -> list[str]:
 
 
 async def submit(producer: Queue, n: int) -> None:
-    remaining = n
-
-    async def lane() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await producer.submit(bench_tasks.noop)
-
-    await asyncio.gather(*(lane() for _ in range(min(LANES, n))))
+    await _common.in_lanes(lambda: producer.submit(bench_tasks.noop), n, LANES)
 
 
 async def run_layout(

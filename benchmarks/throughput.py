@@ -99,15 +99,7 @@ async def submit_jobs(queue: Queue, mode: str, n: int) -> float:
         for _ in range(n):
             await queue.submit(bench_tasks.noop)
     elif mode == "concurrent":
-        remaining = n
-
-        async def lane() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await queue.submit(bench_tasks.noop)
-
-        await asyncio.gather(*(lane() for _ in range(min(CONCURRENCY, n))))
+        await _common.in_lanes(lambda: queue.submit(bench_tasks.noop), n, CONCURRENCY)
     elif mode == "bulk":
         await queue.submit_many(bench_tasks.noop, [()] * n)
     else:
