@@ -14,10 +14,10 @@ import contextlib
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pytest
@@ -31,6 +31,8 @@ from .chaos import harness
 from .chaos.harness import WorkerProc, Workers, summary
 from .chaos.history import History, Ledger, check, drain, snapshot
 from .chaos.ledger_tasks import WORK
+
+T = TypeVar("T")
 
 __all__ = (
     "FIGURES", "LEASE", "Flow", "Lane", "check_kept", "fields", "machine", "outage",
@@ -149,6 +151,25 @@ class Flow:
             return all(sum(lane.ledger().starts.values()) >= starts for lane in self.lanes.values())
 
         await harness.eventually(ready, 20.0, f"{starts} jobs started on every queue")
+
+    async def through(
+        self, fault: Callable[[], Awaitable[T]], wait: float, settle: float = 1.5
+    ) -> tuple[float, float, T]:
+        """Jobs flow on every queue; ``wait`` s after every queue is warm, ``fault()`` runs;
+        submits go on for ``settle`` s after it returns (the workload's length, not a wait for
+        state), then stop. Returns when the fault began (wall clock), how long it took, and
+        what it returned."""
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.produce, stop)
+            await self.warmed()
+            await anyio.sleep(wait)
+            t_fault = time.time()
+            value = await fault()
+            took = time.time() - t_fault
+            await anyio.sleep(settle)
+            stop.set()
+        return t_fault, took, value
 
     def workers_alive(self) -> bool:
         """Every worker of every queue still runs (none died of the fault)."""

@@ -177,16 +177,9 @@ async def test_manual_failover_loses_nothing(
     replica = cluster.replicas_of(master)[0]
     flow = Flow(cluster.url, tmp_path, names, "cluster manual failover", SEED)
     async with flow.running():
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(flow.produce, stop)
-            await flow.warmed()
-            await anyio.sleep(rng.uniform(0.6, 1.2))
-            t_fault = time.time()
-            await anyio.to_thread.run_sync(cluster.failover, replica)
-            took = time.time() - t_fault
-            await anyio.sleep(1.5)
-            stop.set()
+        t_fault, took, _ = await flow.through(
+            lambda: anyio.to_thread.run_sync(cluster.failover, replica), rng.uniform(0.6, 1.2)
+        )
         assert cluster.owner(cluster.keyslot(Keys(victim).jobs)) is replica
         records = await flow.finish(admin(cluster))
         assert flow.workers_alive()
@@ -212,17 +205,11 @@ async def test_slot_moved_while_in_use(
     target = next(m for m in cluster.masters() if m is not source)
     flow = Flow(cluster.url, tmp_path, names, "cluster slot moved", SEED)
     async with flow.running():
-        stop = anyio.Event()
         before = cluster.redirects()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(flow.produce, stop)
-            await flow.warmed()
-            await anyio.sleep(rng.uniform(1.0, 1.5))
-            t_fault = time.time()
-            moved = await anyio.to_thread.run_sync(cluster.move_slot, slot, target, 10)
-            took = time.time() - t_fault
-            await anyio.sleep(1.5)
-            stop.set()
+        t_fault, took, moved = await flow.through(
+            lambda: anyio.to_thread.run_sync(cluster.move_slot, slot, target, 10),
+            rng.uniform(1.0, 1.5),
+        )
         after = cluster.redirects()
         assert cluster.owner(slot) is target
         records = await flow.finish(admin(cluster))
@@ -251,17 +238,12 @@ async def test_master_killed(
     master = cluster.owner(slot)
     flow = Flow(cluster.url, tmp_path, names, "cluster master killed", SEED)
     async with flow.running():
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(flow.produce, stop)
-            await flow.warmed()
-            await anyio.sleep(rng.uniform(0.6, 1.2))
-            t_fault = time.time()
+
+        async def kill() -> None:
             master.kill()
             await anyio.to_thread.run_sync(cluster.wait_stable)
-            took = time.time() - t_fault
-            await anyio.sleep(1.5)
-            stop.set()
+
+        t_fault, took, _ = await flow.through(kill, rng.uniform(0.6, 1.2))
         assert cluster.owner(slot) is not master
         records = await flow.finish(admin(cluster))
         assert flow.workers_alive()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 import sys
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from redis.asyncio import Redis
 
 from aioqueue import Call, Queue
 from aioqueue.keys import Keys
+from aioqueue.testing import RedisServer
 
 from .chaos import harness
 from .chaos.harness import Workers, summary
@@ -82,17 +82,12 @@ async def test_master_killed(
     rng = random.Random(SEED ^ zlib.crc32(request.node.nodeid.encode()))
     flow = Flow(sentinel.url, tmp_path, ["s0", "s1"], "sentinel master killed", SEED)
     async with flow.running():
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(flow.produce, stop)
-            await flow.warmed()
-            await anyio.sleep(rng.uniform(0.5, 1.0))
-            t_fault = time.time()
+
+        async def kill() -> RedisServer:
             old = sentinel.kill_master()
-            new = await anyio.to_thread.run_sync(sentinel.wait_failover, old)
-            took = time.time() - t_fault
-            await anyio.sleep(2.0)
-            stop.set()
+            return await anyio.to_thread.run_sync(sentinel.wait_failover, old)
+
+        t_fault, took, new = await flow.through(kill, rng.uniform(0.5, 1.0), settle=2.0)
         records = await flow.finish(lambda keys: Redis(port=new.port, socket_timeout=10))
         assert flow.workers_alive()
     figures.append(f"sentinel master SIGKILL: every Sentinel named the replica in {took:.2f} s")
