@@ -121,19 +121,6 @@ def script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-async def run_bounded(make: Callable[[], Awaitable[object]], n: int, concurrency: int) -> None:
-    """Await ``make()`` ``n`` times with at most ``concurrency`` calls in flight."""
-    remaining = n
-
-    async def lane() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await make()
-
-    await asyncio.gather(*(lane() for _ in range(min(concurrency, n))))
-
-
 async def enqueue_each(
     spec: EnqueueSpec, make: Callable[[], Awaitable[object]], call: str
 ) -> Enqueued:
@@ -141,7 +128,7 @@ async def enqueue_each(
     concurrent coroutines for the best figure, else one awaited call at a time."""
     start = time.perf_counter()
     if spec.bulk:
-        await run_bounded(make, spec.n, 64)
+        await _common.in_lanes(make, spec.n, 64)
         mode = f"{call} x 64 concurrent coroutines (no bulk API)"
     else:
         for _ in range(spec.n):
