@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 
+import aioqueue
 from aioqueue import Queue
 from aioqueue.testing import RedisServer
 from aioqueue.web.cli import main as web_main
@@ -413,3 +414,31 @@ PAGE_COST = """() => {
   return {bytes: [nav, ...res].reduce((n, e) => n + e.decodedBodySize, 0),
           load_ms: nav.loadEventEnd - nav.startTime, files: res.length + 1};
 }"""
+
+
+async def test_dashboard_shows_a_running_jobs_progress_and_cancels_it(
+    serve: Serve, client: httpx.AsyncClient, queue: Queue, start_worker: StartWorker,
+    tmp_path: Path, chromium: str,
+) -> None:  # fmt: skip
+    """A running job's page shows its last progress report; "Cancel" stops it (its child is
+    killed by its worker) and the page then says cancelled."""
+    from playwright.async_api import async_playwright, expect
+
+    url = serve()
+    await start_worker()
+    job = await queue.submit(tasks.half_then_wait, str(tmp_path / "never"))
+    await eventually(job.last_progress, 20, "the job's first report")
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, headless=True,
+                                          args=["--no-sandbox"])  # fmt: skip
+        try:
+            page = await browser.new_page(viewport={"width": 1100, "height": 900})
+            await page.goto(f"{url}/#job/{job.id}")
+            await expect(page.locator("#job-state")).to_have_text("running")
+            await expect(page.locator("#job-progress")).to_have_text("50% half (attempt 1)")
+            await page.locator("#job-cancel").click()
+            await expect(page.locator("#job-state")).to_have_text("cancelled", timeout=15_000)
+        finally:
+            await browser.close()
+    with pytest.raises(aioqueue.JobCancelled):
+        await job.result(timeout=10)

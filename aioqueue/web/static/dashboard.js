@@ -96,10 +96,11 @@ async function renderJob() {
   const fields = [["id", d.id], ["queue", d.queue], ["state", d.state], ["task", d.task],
     ["args", d.args == null ? "not kept once finished" : JSON.stringify(d.args)], ["kwargs", d.kwargs == null ? "-" : JSON.stringify(d.kwargs)],
     ["attempts", d.attempts], ["submitted", when(d.submitted)], ["finished", when(d.finished)], ["held by", d.holder || "-"],
+    ["progress", d.progress ? `${d.progress.fraction == null ? "?" : Math.round(d.progress.fraction * 100) + "%"} ${d.progress.message} (attempt ${d.progress.attempt})` : "-"],
     ["result", d.state === "complete" ? JSON.stringify(d.result) : "-"], ["error", d.error ? `${d.error.type}: ${d.error.message}` : "-"]];
   $("job-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", null, k), el("dd", { id: `job-${k.replace(" ", "-")}` }, v)]));
   $("job-errors").replaceChildren(...d.errors.map((e) => el("li", null, `attempt ${e.attempt} (${e.kind}) ${e.type}: ${e.message}`, e.traceback ? el("pre", null, e.traceback) : "")));
-  $("job-cancel").disabled = S.readOnly || !["pending", "scheduled"].includes(d.state);
+  $("job-cancel").disabled = S.readOnly || !["pending", "scheduled", "running"].includes(d.state);
   $("job").hidden = false;
 }
 
