@@ -341,3 +341,14 @@ async def async_context() -> list[object]:
     ctx = job_context()
     ctx.report_progress(1.0, "async")
     return [ctx.id, ctx.attempt, ctx.task]
+
+
+@queue.task(retries=1)
+def checkpoint_then_hang(state: int) -> object:
+    """The first attempt saves ``state`` as its checkpoint and hangs (its worker is killed);
+    a later one returns the checkpoint it found."""
+    ctx = job_context()
+    if ctx.attempt == 1:
+        ctx.report_progress(0.5, "saved", state=state)
+        time.sleep(60)
+    return ctx.progress.state if ctx.progress is not None else None

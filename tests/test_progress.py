@@ -5,6 +5,7 @@ inside the task; through real workers and a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from aioqueue import Queue, wire
 from aioqueue.admin.jobs import job_data
 from aioqueue.context import MIN_INTERVAL, JobContext
 from tests import tasks
+from tests._async import eventually
 from tests.conftest import StartWorker
 
 pytestmark = pytest.mark.anyio
@@ -185,3 +187,20 @@ async def test_reports_of_a_job_are_written_before_its_outcome(
     jobs = await queue.submit_many(tasks.steps, [(str(tmp_path / "l"), 3)] * 50)
     await asyncio.gather(*(j.result(timeout=30) for j in jobs))
     assert await queue.redis.hlen(queue.keys.progress) == 0
+
+
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
+async def test_a_recovered_job_resumes_from_the_checkpoint_of_its_killed_worker(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    """Its worker SIGKILLed after a checkpoint, the job is recovered by another worker and
+    finds that checkpoint."""
+    victim = await start_worker()
+    job = await queue.submit(tasks.checkpoint_then_hang, 42)
+    await eventually(job.last_progress, 20, "the checkpoint")
+    victim.signal(signal.SIGKILL)
+    await victim.exited(10)
+    await start_worker()
+    assert await job.result(timeout=30) == 42
+    info = await queue.info()
+    assert info.counters.get("recovered") == 1
