@@ -124,7 +124,8 @@ class Job(Generic[R]):
         return await progress.last_report(self.queue, self.id)
 
     async def cancel(self) -> bool:
-        """Cancel the job: it never runs if it has not started, and is stopped (its child
-        killed, no retry) if it runs; True if it is cancelled (by this call or an earlier one),
-        False if it finished otherwise or is unknown (see :meth:`aioqueue.Queue.cancel`)."""
+        """Cancel the job: it never runs if it has not started, and is stopped (a sync job's
+        child killed, an async one's task cancelled; no retry) if it runs; True if it is
+        cancelled (by this call or an earlier one), False if it finished otherwise or is
+        unknown (see :meth:`aioqueue.Queue.cancel`)."""
         return (await self.queue.cancel([self.id]))[0]

@@ -70,3 +70,9 @@ async def async_fail() -> None:
 def exit_now(code: int) -> None:
     sys.stdout.flush()
     os._exit(code)
+
+
+@queue.task
+async def nap(seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return os.getpid()

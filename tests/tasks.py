@@ -352,3 +352,35 @@ def checkpoint_then_hang(state: int) -> object:
         ctx.report_progress(0.5, "saved", state=state)
         time.sleep(60)
     return ctx.progress.state if ctx.progress is not None else None
+
+
+# -- async def jobs run concurrently in a child (tests/test_async_tasks.py) --------------------
+# Ledger lines: "start|end TAG PID ATTEMPT MONOTONIC", each one short write.
+
+
+def _note(ledger: str, event: str, tag: str) -> None:
+    with open(ledger, "a") as f:
+        f.write(f"{event} {tag} {os.getpid()} {job_context().attempt} {time.monotonic()}\n")
+
+
+@queue.task
+async def nap(ledger: str, tag: str, seconds: float, once: bool = False) -> list[object]:
+    """Sleep ``seconds`` on the child's loop (on the first attempt only if ``once``), noting
+    start and end; return the pid and the job id its context gave before and after."""
+    before = job_context().id
+    _note(ledger, "start", tag)
+    job_context().report_progress(0.5, before)
+    await asyncio.sleep(seconds if job_context().attempt == 1 or not once else 0)
+    _note(ledger, "end", tag)
+    return [os.getpid(), before, job_context().id]
+
+
+@queue.task(retries=0, timeout=0.3)
+async def stubborn(ledger: str) -> None:
+    """A task that swallows its cancellation and never ends."""
+    _note(ledger, "start", "stubborn")
+    while True:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass

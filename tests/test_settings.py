@@ -26,6 +26,7 @@ def test_defaults() -> None:
     assert (s.maintenance_interval, s.block_timeout, s.grace) == (1.0, 2.0, 30.0)
     assert (s.max_tasks_per_child, s.retry_backoff, s.retry_backoff_max) == (None, 1.0, 300.0)
     assert (s.kill_grace, s.max_start_failures, s.handle_signals) == (1.0, 3, True)
+    assert s.async_concurrency == 10
     s.validate()  # the supervisor checks again; a valid value stays valid
 
 
@@ -37,6 +38,7 @@ def test_defaults() -> None:
         ({"processes": 0}, "processes must be an integer >= 1, got 0"),
         ({"processes": 2.5}, "processes must be an integer >= 1, got 2.5"),
         ({"prefetch": -1}, "prefetch must be an integer >= 0, got -1"),
+        ({"async_concurrency": 0}, "async_concurrency must be an integer >= 1, got 0"),
         (
             {"max_tasks_per_child": 0},
             "max_tasks_per_child must be an integer >= 1 (or None), got 0",

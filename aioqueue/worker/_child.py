@@ -8,7 +8,8 @@ the traceback, and exits non-zero. Then two threads share the work:
   withdrawal is answered at once, even while a long job runs: given back if the job is still
   in the inbox (it will never run), else "already taken";
 * the main thread takes jobs from the inbox in order and runs them, one at a time, answering
-  each with a :class:`~._frames.Done` before it takes the next.
+  each with a :class:`~._frames.Done` before it takes the next; or, for ``async def`` jobs the
+  supervisor marked concurrent, several at once on the event loop (:mod:`._concurrent`).
 
 ``async def`` tasks run on one event loop, created for the first of them and kept for the
 child's life. At end of input the child finishes its job, and at most one more it holds (a
@@ -31,6 +32,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -38,10 +40,12 @@ import msgspec
 from .. import context, wire
 from .._imports import import_queue
 from ..queue import Queue
+from ._concurrent import Concurrent, split_args, stopped_reply
 from ._frames import (
     HEADER,
     READY,
     START_FAILED,
+    Cancel,
     Done,
     Extend,
     Report,
@@ -105,6 +109,7 @@ class Inbox:
 
     A withdrawal is answered under the inbox's lock, so the main thread cannot take its next
     job before the answer is in the pipe: what the pipe holds always says which job runs.
+    While concurrent jobs run, the event loop is woken (``set_wake``) when the inbox changes.
     """
 
     def __init__(self, replies: Replies) -> None:
@@ -112,11 +117,53 @@ class Inbox:
         self._ready = threading.Condition(threading.Lock())
         self._jobs: deque[Run] = deque()
         self._closed = False
+        self._cancels: dict[int, float | None] = {}  # stops asked of jobs taken: seq -> timeout
+        self._wake: Callable[[], object] | None = None
+
+    def set_wake(self, wake: Callable[[], object] | None) -> None:
+        """Call ``wake`` (from the reader thread) whenever a job, a stop or the end comes."""
+        with self._ready:
+            self._wake = wake
+
+    def _woken(self) -> None:
+        self._ready.notify()
+        if self._wake is not None:
+            self._wake()
 
     def put(self, run: Run) -> None:
         with self._ready:
             self._jobs.append(run)
-            self._ready.notify()
+            self._woken()
+
+    def cancel(self, seq: int, timeout: float | None) -> None:
+        """Stop concurrent job ``seq``: answered at once if it is still here (it never runs);
+        else left for the event loop, which cancels it if it runs."""
+        with self._ready:
+            for i, run in enumerate(self._jobs):
+                if run.seq == seq:
+                    del self._jobs[i]
+                    now = time.monotonic()
+                    self.replies.send(Done(seq, now, now, stopped_reply(timeout)))
+                    self._woken()
+                    return
+            self._cancels[seq] = timeout
+            self._woken()
+
+    def take_cancels(self) -> dict[int, float | None]:
+        """The stops asked since the last call."""
+        with self._ready:
+            cancels, self._cancels = self._cancels, {}
+            return cancels
+
+    def take_concurrent(self) -> Run | None:
+        """The next job if it is a concurrent one (never waits)."""
+        with self._ready:
+            return self._jobs.popleft() if self._jobs and self._jobs[0].concurrent else None
+
+    def next_concurrent(self) -> bool:
+        """Is the next job a concurrent one?"""
+        with self._ready:
+            return bool(self._jobs) and self._jobs[0].concurrent
 
     def withdraw(self, seq: int) -> None:
         with self._ready:
@@ -135,7 +182,7 @@ class Inbox:
             self._closed = True
             while len(self._jobs) > 1:
                 self._jobs.pop()
-            self._ready.notify()
+            self._woken()
 
     def take(self) -> Run | None:
         """The next job, waiting for one; None once closed and empty."""
@@ -152,6 +199,8 @@ def _read(stdin: io.BufferedReader, inbox: Inbox) -> None:
             request = decode_request(data)
             if isinstance(request, Run):
                 inbox.put(request)
+            elif isinstance(request, Cancel):
+                inbox.cancel(request.seq, request.timeout)
             else:
                 inbox.withdraw(request.seq)
     except Exception:  # the supervisor's bytes are no frames of ours: nothing can be trusted
@@ -169,6 +218,15 @@ def _error(exc: BaseException, kind: str = "raised") -> wire.ErrorInfo:
     )
 
 
+def _failed(exc: BaseException) -> wire.ChildReply:
+    """The reply of a task that raised ``exc`` (a retry or a snooze it asked for, or an error)."""
+    if isinstance(exc, context.Retry):
+        return wire.ChildReply(ok=False, error=_error(exc, "retry"), delay=exc.delay)
+    if isinstance(exc, context.Snooze):
+        return wire.ChildReply(ok=False, error=_error(exc, "snooze"), delay=exc.delay)
+    return wire.ChildReply(ok=False, error=_error(exc))
+
+
 class Runner:
     """Runs the jobs of one queue: looks the task up, checks its arguments, calls it with its
     :class:`~aioqueue.context.JobContext` current; ``replies`` carries what the task reports."""
@@ -180,6 +238,45 @@ class Runner:
 
     def run(self, seq: int, job: wire.ChildJob) -> wire.ChildReply:
         """Run job ``seq`` and say what came of it; its last progress report is sent first."""
+        with self._context(seq, job):
+            call = self._call(job)
+            if isinstance(call, wire.ChildReply):
+                return call
+            try:
+                value = call()
+                if inspect.isawaitable(value):
+                    value = self._wait(value)
+            except (Exception, asyncio.CancelledError) as exc:
+                return _failed(exc)
+            return self._encode(job, value)
+
+    async def run_async(
+        self,
+        seq: int,
+        job: wire.ChildJob,
+        stopped: Callable[[], wire.ChildReply | None],
+        wrap: Callable[[Awaitable[Any]], Awaitable[Any]],
+    ) -> wire.ChildReply:
+        """Run job ``seq`` on the running loop, in the calling task's context (as :meth:`run`);
+        ``wrap`` wraps what the task returns to be awaited; a ``CancelledError`` that ends it
+        is answered with ``stopped()``, when that is not None (its stop was asked)."""
+        with self._context(seq, job):
+            call = self._call(job)
+            if isinstance(call, wire.ChildReply):
+                return call
+            try:
+                value = call()
+                if inspect.isawaitable(value):
+                    value = await wrap(value)
+            except asyncio.CancelledError as exc:
+                return stopped() or _failed(exc)
+            except Exception as exc:
+                return _failed(exc)
+            return self._encode(job, value)
+
+    @contextlib.contextmanager
+    def _context(self, seq: int, job: wire.ChildJob) -> Iterator[None]:
+        """Job ``seq``'s :class:`~aioqueue.context.JobContext`, current while it runs."""
         send = self.replies.send
         ctx = context.JobContext(
             job.id, job.attempt, job.task, self.queue.name, _progress(job.progress),
@@ -188,12 +285,13 @@ class Runner:
         )  # fmt: skip
         token = context.enter(ctx)
         try:
-            return self._run(job)
+            yield
         finally:
             context.leave(token)
             ctx.close()
 
-    def _run(self, job: wire.ChildJob) -> wire.ChildReply:
+    def _call(self, job: wire.ChildJob) -> Callable[[], Any] | wire.ChildReply:
+        """The task's call with the job's arguments; or the reply, if there is none to make."""
         td = self.queue.tasks.get(job.task)
         if td is None:
             return wire.ChildReply(
@@ -210,16 +308,10 @@ class Runner:
             bound_args, bound_kwargs = td.check(tuple(args), kwargs, strict=False)
         except Exception as exc:  # malformed arguments: not the task's fault, but this job's
             return wire.ChildReply(ok=False, error=_error(exc, "malformed"))
-        try:
-            value = td.fn(*bound_args, **bound_kwargs)
-            if inspect.isawaitable(value):
-                value = self._wait(value)
-        except context.Retry as exc:
-            return wire.ChildReply(ok=False, error=_error(exc, "retry"), delay=exc.delay)
-        except context.Snooze as exc:
-            return wire.ChildReply(ok=False, error=_error(exc, "snooze"), delay=exc.delay)
-        except (Exception, asyncio.CancelledError) as exc:
-            return wire.ChildReply(ok=False, error=_error(exc))
+        return lambda: td.fn(*bound_args, **bound_kwargs)
+
+    @staticmethod
+    def _encode(job: wire.ChildJob, value: Any) -> wire.ChildReply:
         try:
             return wire.ChildReply(ok=True, value=msgspec.Raw(wire.encode(value)))
         except (TypeError, ValueError, OverflowError) as exc:
@@ -230,11 +322,15 @@ class Runner:
             )
             return wire.ChildReply(ok=False, error=err)
 
-    def _wait(self, aw: Any) -> Any:
+    def loop(self) -> asyncio.Runner:
+        """The child's event loop, made on first use."""
         if self._loop is None:
             self._loop = asyncio.Runner()
+        return self._loop
+
+    def _wait(self, aw: Any) -> Any:
         # the loop's own context was copied when it was made: run in the job's
-        return self._loop.run(_await(aw), context=contextvars.copy_context())
+        return self.loop().run(_await(aw), context=contextvars.copy_context())
 
     def close(self) -> None:
         """Close the event loop, if an async task made one."""
@@ -270,17 +366,22 @@ def main(argv: list[str]) -> None:
     try:
         queue = import_queue(argv[1])
         runner = Runner(queue, replies)
-        life = Lifecycle(queue, runner._wait, argv[2:])  # start hooks: may fail the start too
+        args, limit = split_args(argv[2:])
+        life = Lifecycle(queue, runner._wait, args)  # start hooks: may fail the start too
     except BaseException:  # even SystemExit: the supervisor reports it and decides what next
         report = START_FAILED + traceback.format_exc().encode(errors="replace")
         write_all(out_fd, frame_bytes(report))
         sys.exit(1)
     inbox = Inbox(replies)
+    concurrent = Concurrent(runner, inbox, limit, life.cpu)
     write_all(out_fd, frame_bytes(READY))
     threading.Thread(target=_read, args=(stdin, inbox), name="aioqueue-inbox", daemon=True).start()
     clock = time.monotonic
     try:
         while (run := inbox.take()) is not None:
+            if run.concurrent:
+                concurrent.serve(run)
+                continue
             life.before_job()
             started = clock()
             reply = runner.run(run.seq, run.job)

@@ -4,17 +4,23 @@ Each frame is a 4-byte big-endian length and that many bytes. A child's first fr
 whether it could import its tasks: :data:`READY`, or :data:`START_FAILED` followed by the
 formatted traceback (UTF-8), after which it exits. Then:
 
-* the supervisor sends :class:`Run` (a job, numbered by ``seq``) and :class:`Withdraw` (give a
-  job back that you have not started);
+* the supervisor sends :class:`Run` (a job, numbered by ``seq``), :class:`Withdraw` (give a
+  job back that you have not started) and :class:`Cancel` (stop an ``async def`` job run
+  concurrently: one not started yet is answered at once, a running one's asyncio task is
+  cancelled; either way a :class:`Done` answers it);
 * the child answers each job it ran with :class:`Done`, and each withdrawal with
   :class:`Withdrawn`: ``ok`` when the job was still queued (it will never run), false when the
   child had already taken it (it is running or done; its :class:`Done` comes or came);
 * while a job runs, its task may send :class:`Report` (its progress) and :class:`Extend` (more
   time before its timeout), always before the job's :class:`Done`.
 
-A child runs jobs in the order they came. It writes a job's :class:`Done`, and answers a
-withdrawal, before it takes its next job, so after a child's death the frames it left in the
-pipe tell exactly which job it was running: the first one neither done nor withdrawn.
+A child takes jobs in the order they came: one at a time, or, for jobs marked ``concurrent``
+(``async def`` tasks), as many at once as its ``--async-concurrency`` allows, each started the
+moment it is taken, never alongside a sync job. It writes a job's :class:`Done`, and answers a
+withdrawal, before it takes another job into the slot that freed, so after a child's death the
+frames it left in the pipe tell which jobs it may have been running: the first ones neither done
+nor withdrawn, as many as it runs at once. A concurrent job's :class:`Done` may come before
+those of jobs it was written after.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ __all__ = (
     "HEADER",
     "READY",
     "START_FAILED",
+    "Cancel",
     "Done",
     "Extend",
     "Report",
@@ -40,6 +47,7 @@ __all__ = (
     "decode_request",
     "frame",
     "frame_bytes",
+    "timeout_error",
 )
 
 HEADER = struct.Struct(">I")  # frame length, big-endian
@@ -48,16 +56,26 @@ START_FAILED = b"start-failed\n"  # a child's first frame instead, then its trac
 
 
 class Run(msgspec.Struct, frozen=True, array_like=True, tag=1):
-    """Supervisor → child: queue this job; ``seq`` names it in the answers."""
+    """Supervisor → child: queue this job; ``seq`` names it in the answers. A ``concurrent``
+    job runs on the child's event loop beside others of its kind."""
 
     seq: int
     job: wire.ChildJob
+    concurrent: bool = False
 
 
 class Withdraw(msgspec.Struct, frozen=True, array_like=True, tag=2):
     """Supervisor → child: give back job ``seq`` if it has not started."""
 
     seq: int
+
+
+class Cancel(msgspec.Struct, frozen=True, array_like=True, tag=3):
+    """Supervisor → child: stop concurrent job ``seq``: it ran past its ``timeout`` (seconds),
+    or, when None, the supervisor gave it up."""
+
+    seq: int
+    timeout: float | None = None
 
 
 class Done(msgspec.Struct, frozen=True, array_like=True, tag=1):
@@ -91,14 +109,25 @@ class Extend(msgspec.Struct, frozen=True, array_like=True, tag=4):
     seconds: float
 
 
+Request = Run | Withdraw | Cancel
 Reply = Done | Withdrawn | Report | Extend
 
 _encoder = msgspec.msgpack.Encoder()
-_requests = msgspec.msgpack.Decoder(Run | Withdraw)
+_requests = msgspec.msgpack.Decoder(Request)
 _replies = msgspec.msgpack.Decoder(Reply)
 
 
-def decode_request(data: bytes) -> Run | Withdraw:
+def timeout_error(seconds: float | None, then: str) -> wire.ErrorInfo:
+    """The error of an attempt that ran past its timeout of ``seconds``; ``then``: what was done
+    about it."""
+    return wire.ErrorInfo(
+        type="TimeoutError",
+        message=f"attempt exceeded its timeout of {seconds or 0:g} s; {then}",
+        kind="timeout",
+    )
+
+
+def decode_request(data: bytes) -> Request:
     """A frame from the supervisor (in a child).
 
     :raises msgspec.DecodeError: if it is neither.

@@ -57,19 +57,18 @@ class Fetcher:
         self.paused = False  # the last claim found the queue paused
 
     def _free(self) -> int:
-        """Jobs to claim now: what the children can hold (each the job it runs and the ones
-        that may queue behind it, see prefetch.py), less what is held. Jobs queued ahead are
-        refilled in batches: claimed again once half of them are used up, or at once when a
-        child has nothing to do."""
+        """Jobs to claim now: what the children can hold (the jobs each runs, see running.py,
+        and the ones that may queue behind them, see prefetch.py), less what is held. Jobs
+        queued ahead are refilled in batches: claimed again once half of them are used up, or
+        at once when a child could start one."""
         w, pool = self.w, self.w.pool
-        capacity = w.capacity()
-        if not capacity or pool is None:
+        if not w.capacity() or pool is None:
             return 0
         target = pool.target()
         free = target - w.running
         if free <= 0:
             return 0
-        return free if 2 * free >= target - capacity or pool.idle else 0
+        return free if 2 * free >= target - pool.slots() or pool.idle else 0
 
     async def _send(self) -> ClaimReply:
         """Send the unanswered claim (re-sent as is until Redis answers it)."""

@@ -6,7 +6,11 @@ pool writes until the pool flushes them (one system call for many jobs), and rep
 child's end once both its exit status is known and every frame it wrote has been read.
 
 A :class:`Work` is one job handed to the pool; while it sits in a child's pipe it is in that
-child's :attr:`Child.jobs`, in the order the child runs them.
+child's :attr:`Child.jobs`, in the order the child takes them. The first :attr:`Child.active` of
+them are the ones it runs (or is about to): the first job; or, when that is an ``async def`` job
+run concurrently, the concurrent jobs that follow it without a break, up to the child's
+:attr:`Child.slots`. The child follows the same rule, so the supervisor knows without being told
+which jobs have started.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ class Work:
 
     __slots__ = (
         "seq", "task", "data", "timeout", "on_done", "finished", "child", "tag", "placed_at",
-        "started_at", "run_s", "estimate", "withdraw",
+        "started_at", "run_s", "estimate", "withdraw", "concurrent", "active", "timer", "stop",
+        "error",
     )  # fmt: skip
 
     def __init__(
@@ -75,6 +80,7 @@ class Work:
         timeout: float | None,
         on_done: Callable[[wire.ChildReply | None], None],
         tag: Any = None,
+        concurrent: bool = False,
     ) -> None:
         self.seq = seq
         self.task = task
@@ -89,10 +95,15 @@ class Work:
         self.run_s: float | None = None
         self.estimate = 0.0  # its task's estimated run time when it was queued
         self.withdraw = 0  # STEAL or CANCEL while a withdrawal is unanswered
+        self.concurrent = concurrent  # an async def job, run beside others on its child's loop
+        self.active = False  # among the jobs its child runs (or is about to)
+        self.timer: asyncio.TimerHandle | None = None  # its timeout, or the wait for its stop
+        self.stop = 0  # while a stop of it (see .running) is unanswered: why
+        self.error: wire.ErrorInfo | None = None  # what it fails with if its child dies first
 
     @property
     def started(self) -> bool:
-        """True once its child has started it: cancelling it then kills that child."""
+        """True once its child has started it: cancelling it then stops it (see .running)."""
         return self.started_at > 0
 
     @property
@@ -128,12 +139,14 @@ class Child(asyncio.SubprocessProtocol):
         self.pid = 0
         self.first: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self.jobs: deque[Work] = deque()  # written into it and not answered, in its order
+        self.seqs: dict[int, Work] = {}  # the same, by seq
+        self.slots = 1  # concurrent jobs it runs at once (its --async-concurrency)
+        self.active = 0  # the first jobs in ``jobs`` that it runs, or is about to
         self.load_s = 0.0  # estimated run time of the jobs in ``jobs``
+        self.active_s = 0.0  # of the active ones
         self.out: list[bytes | bytearray] = []  # frames to write at the pool's next flush
         self.done = 0  # jobs it answered with Done
         self.last_end = 0.0  # when its last job ended (its clock is ours)
-        self.timer: asyncio.TimerHandle | None = None
-        self.timed_out: float | None = None
         self.in_service = False  # counted in the pool's capacity
         self.dead = False  # being killed: its frames, if more still come, are ignored
         self.replaced = False  # a replacement has been started for it
@@ -204,9 +217,6 @@ class Child(asyncio.SubprocessProtocol):
             return
         self._ended = True
         self.dead = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.transport is not None:
             self.transport.close()
         self.on_exit(self)
@@ -215,16 +225,10 @@ class Child(asyncio.SubprocessProtocol):
     # -- control ---------------------------------------------------------------------------
 
     def failure(self) -> wire.ErrorInfo:
-        """Why the job it was running failed: its timeout, a limit, or its death."""
+        """Why the jobs it was running failed, when none has an error of its own: a limit, or
+        its death."""
         if self.killed_for is not None:
             return self.killed_for
-        if self.timed_out is not None:
-            return wire.ErrorInfo(
-                type="TimeoutError",
-                message=f"attempt exceeded its timeout of {self.timed_out:g} s; "
-                "its child was killed",
-                kind="timeout",
-            )
         return wire.ErrorInfo(
             type="ChildDied",
             message=f"the child process running the job died ({describe_exit(self.returncode)})",
@@ -252,7 +256,7 @@ class Child(asyncio.SubprocessProtocol):
         asyncio.get_running_loop().call_later(grace, self.signal, signal.SIGKILL)
 
     def kill_for(self, why: wire.ErrorInfo, grace: float) -> None:
-        """Kill it (as :meth:`kill`); the job it runs fails with ``why``."""
+        """Kill it (as :meth:`kill`); the jobs it runs fail with ``why``."""
         if not self.dead:
             self.killed_for = why
             self.kill(grace)
@@ -282,21 +286,61 @@ class Child(asyncio.SubprocessProtocol):
 
     # -- its jobs --------------------------------------------------------------------------
 
-    def add(self, work: Work, now: float) -> None:
-        """Queue ``work`` in this child (written at the next flush)."""
+    def add(self, work: Work, now: float) -> bool:
+        """Queue ``work`` in this child (written at the next flush); True if it runs at once."""
         work.child = self
         work.placed_at = now
         self.jobs.append(work)
+        self.seqs[work.seq] = work
         self.load_s += work.estimate
         self.out.append(work.data)
+        if self.active == len(self.jobs) - 1 and self._joins(work):
+            self._join(work)
+            return True
+        return False
 
-    def remove(self, work: Work) -> None:
-        """``work`` was answered or given back: it is no longer in this child."""
+    def remove(self, work: Work) -> list[Work]:
+        """``work`` was answered or given back: it is no longer in this child. Returns the jobs
+        that join the active ones now that it is gone."""
         self.jobs.remove(work)
+        del self.seqs[work.seq]
         self.load_s -= work.estimate
-        if not self.jobs:
-            self.load_s = 0.0  # no drift from float sums
+        if work.active:
+            work.active = False
+            self.active -= 1
+            self.active_s -= work.estimate
         work.child = None
+        if not self.jobs:
+            self.load_s = self.active_s = 0.0  # no drift from float sums
+            return []
+        joined: list[Work] = []
+        while self.active < len(self.jobs) and self._joins(self.jobs[self.active]):
+            joined.append(self.jobs[self.active])
+            self._join(joined[-1])
+        return joined
+
+    def clear(self) -> list[Work]:
+        """Its jobs, in order, taken out of it (it died); each keeps its ``active`` flag."""
+        jobs = list(self.jobs)
+        self.jobs.clear()
+        self.seqs.clear()
+        self.active, self.load_s, self.active_s = 0, 0.0, 0.0
+        return jobs
+
+    def starts(self, work: Work) -> bool:
+        """Would ``work``, added now, run at once?"""
+        return self.active == len(self.jobs) and self._joins(work)
+
+    def _joins(self, work: Work) -> bool:
+        """May ``work``, next after the active jobs, join them?"""
+        if not self.active:
+            return True
+        return self.active < self.slots and work.concurrent and self.jobs[0].concurrent
+
+    def _join(self, work: Work) -> None:
+        work.active = True
+        self.active += 1
+        self.active_s += work.estimate
 
     def takeover(self, now: float, after: float) -> tuple[Work | None, float, float]:
         """The last job queued here, if another child may take it over (no withdrawal on its
@@ -306,7 +350,7 @@ class Child(asyncio.SubprocessProtocol):
         if len(self.jobs) < 2 or self.dead:
             return None, 0.0, never
         last, head = self.jobs[-1], self.jobs[0]
-        if last.withdraw or last.started or not head.started:
+        if last.withdraw or last.active or last.started or not head.started:
             return None, 0.0, never
         ran = now - head.started_at
         # the head's time left: the rest of its estimate or, once past it, as long again
@@ -331,13 +375,21 @@ class Child(asyncio.SubprocessProtocol):
 
     @property
     def queued(self) -> int:
-        """Jobs waiting behind the one it runs."""
-        return max(len(self.jobs) - 1, 0)
+        """Jobs waiting behind the ones it runs."""
+        return len(self.jobs) - self.active
 
     @property
     def queued_s(self) -> float:
-        """Estimated run time of the jobs waiting behind the one it runs."""
-        return self.load_s - self.jobs[0].estimate if self.jobs else 0.0
+        """Estimated run time of the jobs waiting behind the ones it runs."""
+        return self.load_s - self.active_s
+
+    @property
+    def free(self) -> bool:
+        """Could it start another job now: it has none, or runs concurrent jobs with a slot
+        free and none waiting?"""
+        return not self.jobs or (
+            self.jobs[0].concurrent and self.active == len(self.jobs) < self.slots
+        )
 
 
 def _least(a: int | None, b: int | None) -> int | None:

@@ -4,13 +4,15 @@ Unlike ``concurrent.futures.ProcessPoolExecutor``, a child that dies or times ou
 job it was running: it is killed (TERM, then KILL) and replaced in the background while the
 others go on.
 
-A child's pipe holds the job it runs and those queued behind it, as many as the rule of
+A child's pipe holds the jobs it runs (one; or up to ``async_concurrency`` ``async def`` jobs
+at once, see :mod:`.running`) and those queued behind them, as many as the rule of
 :mod:`.prefetch` allows; jobs that fit in no pipe wait in the pool. A queued job is taken back
 by asking its child to *withdraw* it: the child confirms it will never start it, or says it
 already has. So a cancel of a queued job kills no child unless the job had started; an idle
 child takes over jobs queued behind a long-running one elsewhere; and when a child dies, the
-job it was running fails while those queued behind it go to other children, uncounted. A job's
-timeout runs from the moment its child starts it (children report their start and end times).
+jobs it was running fail while those queued behind them go to other children, uncounted. A
+job's timeout runs from the moment its child starts it (children report their start and end
+times).
 
 :meth:`Pool.target` says how many jobs the children can hold, so that the supervisor claims no
 more; when children can't be started ``max_start_failures`` times in a row (say a deploy broke
@@ -30,10 +32,12 @@ from typing import Any
 import msgspec
 
 from .. import wire
-from ._frames import Done, Extend, Report, Run, Withdraw, Withdrawn, frame
+from ._concurrent import child_args
+from ._frames import Done, Report, Run, Withdraw, Withdrawn, frame
 from .handle import CANCEL, STEAL, Child, Frames, PoolStartError, Work, takeovers
 from .limits import Limits
 from .prefetch import Depth
+from .running import Mix, Running
 from .spawner import Spawner
 
 __all__ = ("Pool", "PoolStartError", "Work")
@@ -60,6 +64,8 @@ class Pool:
         declared broken.
     :param prefetch: jobs each child holds queued behind the one it runs; None: adaptive.
     :param limits: what children may use (:mod:`.limits`).
+    :param async_concurrency: ``async def`` jobs submitted ``concurrent`` that one child runs
+        at once on its event loop; 1: every job runs alone.
     """
 
     def __init__(
@@ -78,17 +84,22 @@ class Pool:
         max_start_failures: int = 3,
         prefetch: int | None = None,
         limits: Limits | None = None,
+        async_concurrency: int = 1,
     ) -> None:
         self.spec = spec
         self.limits = limits or Limits()
         self.processes = processes
         self.max_tasks_per_child = max_tasks_per_child
         self.kill_grace = kill_grace
+        self.async_concurrency = async_concurrency
         self.spawner = Spawner(
-            spec, self._frames, self._exited, args=self.limits.child_args(),
+            spec, self._frames, self._exited,
+            args=[*self.limits.child_args(), *child_args(async_concurrency)],
             start_timeout=start_timeout, max_start_failures=max_start_failures,
         )  # fmt: skip
         self.depth = Depth(prefetch)
+        self.mix = Mix(async_concurrency)
+        self.running = Running(self)
         self.times = self.depth.times  # each task's estimated run time
         self.broken: str | None = None
         self.restarts = 0  # children started to replace one that exited, was killed or retired
@@ -118,8 +129,8 @@ class Pool:
 
     @property
     def idle(self) -> int:
-        """Live children with no job."""
-        return sum(1 for c in self._live if not c.jobs)
+        """Live children that could start another job now (see :attr:`.handle.Child.free`)."""
+        return sum(1 for c in self._live if c.free)
 
     @property
     def waiting(self) -> int:
@@ -128,15 +139,17 @@ class Pool:
 
     @property
     def queued(self) -> list[int]:
-        """For each live child, the jobs queued in its pipe behind the one it runs."""
+        """For each live child, the jobs queued in its pipe behind the ones it runs."""
         return [c.queued for c in self._live]
 
+    def slots(self) -> int:
+        """Jobs the live children run at once, as the claims count them (see :class:`.Mix`)."""
+        return self.mix.per_child() * self.capacity
+
     def target(self) -> int:
-        """Jobs the live children can hold now: each the one it runs and the ones that may
-        queue behind it (from the estimate over every task, or the pinned prefetch)."""
-        if self.capacity == 0:
-            return 0
-        return (1 + self.depth.per_child()) * len(self._live)
+        """Jobs the live children can hold now: each the ones it runs and the ones that may
+        queue behind them (from the estimate over every task, or the pinned prefetch)."""
+        return self.slots() + self.depth.per_child() * self.capacity
 
     def _changed(self) -> None:
         if self._on_change is not None:
@@ -160,6 +173,7 @@ class Pool:
         self._changed()
 
     def _adopt(self, child: Child) -> None:
+        child.slots = self.async_concurrency
         self._children.add(child)
         self._live.append(child)
         child.in_service = True
@@ -173,9 +187,6 @@ class Pool:
 
     def _kill(self, child: Child) -> None:
         self._drop(child)
-        if child.timer is not None:
-            child.timer.cancel()
-            child.timer = None
         child.kill(self.kill_grace)
 
     def _replace_later(self, child: Child) -> None:
@@ -233,35 +244,40 @@ class Pool:
         timeout: float | None,
         on_done: Callable[[wire.ChildReply | None], None],
         tag: Any = None,
+        concurrent: bool = False,
     ) -> Work:
-        """Run ``job`` (its task with its raw msgpack arguments) in an idle child, or queue it
-        in a busy one, or hold it in the pool until a child can take it.
+        """Run ``job`` (its task with its raw msgpack arguments) in a child that starts it at
+        once, or queue it in a busy one, or hold it in the pool until a child can take it.
 
         ``on_done`` is called once: with the child's reply (``kind`` "timeout", "memory" or
         "crashed" when its child was killed or died), or with None when the job never ran to
         an end here (cancelled, or handed back by a broken or closing pool). ``tag`` is kept on the
-        :class:`Work` for ``on_start``.
+        :class:`Work` for ``on_start``. A ``concurrent`` job (an ``async def`` task's) runs
+        beside others of its kind, up to ``async_concurrency`` in a child.
         """
+        concurrent = concurrent and self.async_concurrency > 1
         self._seq += 1
-        data = frame(Run(self._seq, job))
-        work = Work(self._seq, job.task, data, timeout, on_done, tag)
+        data = frame(Run(self._seq, job, concurrent))
+        work = Work(self._seq, job.task, data, timeout, on_done, tag, concurrent)
         if self.broken is not None or self._closing:
             asyncio.get_running_loop().call_soon(work._finish, None)
             return work
+        self.mix.add(concurrent)
         if not self._waiting:
-            for child in self._live:
-                if not child.jobs and child.room(self.max_tasks_per_child):
-                    self._place(child, work)
-                    return work
+            child = self._best(work)
+            if child is not None and child.starts(work):
+                self._place(child, work)
+                return work
         self._waiting.append(work)
         self._schedule()
         return work
 
     def cancel(self, work: Work) -> None:
         """Give up a job. One held in the pool, or started by a child, ends now with
-        ``on_done(None)`` (a started one's child is killed, and replaced); one queued in a
-        child is withdrawn: ``on_done(None)`` comes when the child confirms it never started
-        it, or, if it had, at once with the child killed."""
+        ``on_done(None)`` (a started one's child is killed, and replaced), except a concurrent
+        one: it ends when its child answers the stop (:mod:`.running`); one queued in a child
+        is withdrawn: ``on_done(None)`` comes when the child confirms it never started it, or,
+        if it had, once it is stopped as a started one is."""
         if work.finished:
             return
         child = work.child
@@ -271,9 +287,10 @@ class Pool:
             work._finish(None)
         elif child.dead:
             work._finish(None)  # its child's end hands the others on
-        elif work.started or (work.withdraw == CANCEL and child.jobs[0] is work):
-            self._kill(child)  # running, or first in line with its child not answering
-            work._finish(None)
+        elif work.started or (work.withdraw == CANCEL and work.active):
+            # running, or among the jobs its child runs with the child not answering
+            if not self.running.stop(child, work, CANCEL):
+                return
         else:
             self._withdraw(work, CANCEL)
             return
@@ -298,50 +315,14 @@ class Pool:
     def _place(self, child: Child, work: Work) -> None:
         work.estimate = self.times.get(work.task) or 0.0
         work.started_at = 0.0
-        child.add(work, time.monotonic())
+        work.stop, work.error = 0, None
+        starts = child.add(work, time.monotonic())
         self._dirty.add(child)
         self._schedule()
-        if len(child.jobs) == 1:  # an idle child: no reason to wait for more
-            self._start_head(child, work.placed_at)
-            child.flush()
-
-    def _start_head(self, child: Child, since: float) -> None:
-        """The first job in ``child``'s pipe has started: when the job before it ended
-        (``since``), or when it was written, whichever is later."""
-        if not child.jobs or child.dead:
-            return
-        work = child.jobs[0]
-        if work.started or work.withdraw:
-            return  # a withdrawal's answer says whether it started
-        now = time.monotonic()
-        work.started_at = min(max(since, work.placed_at), now)
-        if work.timeout is not None:
-            delay = max(work.started_at + work.timeout - now, 0.0)
-            loop = asyncio.get_running_loop()
-            child.timer = loop.call_later(delay, self._timed_out, child, work)
-        if self._on_start is not None:
-            self._on_start(work)
-
-    def _extend(self, child: Child, msg: Extend) -> None:
-        """The running job asked to run until at least ``msg.seconds`` from now."""
-        work = child.jobs[0]
-        if work.timeout is None or not work.started or child.timer is None:
-            return
-        now = time.monotonic()
-        if work.started_at + work.timeout >= now + msg.seconds:
-            return
-        work.timeout = now + msg.seconds - work.started_at
-        child.timer.cancel()
-        child.timer = asyncio.get_running_loop().call_later(
-            msg.seconds, self._timed_out, child, work
-        )
-
-    def _timed_out(self, child: Child, work: Work) -> None:
-        if child.jobs and child.jobs[0] is work and not child.dead:
-            child.timer = None
-            child.timed_out = work.timeout
-            self._kill(child)
-            self._changed()
+        if starts:
+            self.running.start((work,), work.placed_at)
+            if len(child.jobs) == 1:  # an idle child: no reason to wait for more
+                child.flush()
 
     def _schedule(self) -> None:
         """Fill the children and write to them once the current callbacks are done."""
@@ -367,8 +348,10 @@ class Pool:
             self._place(child, work)
 
     def _best(self, work: Work) -> Child | None:
-        """An idle child, else the one with the least queued work that may queue ``work``."""
+        """An idle child, else one that starts ``work`` at once (running the fewest), else the
+        one with the least queued work that may queue it."""
         estimate = self.times.get(work.task)
+        starts: Child | None = None
         best: Child | None = None
         least = (float("inf"), 0)
         for child in self._live:
@@ -376,10 +359,14 @@ class Pool:
                 continue
             if not child.jobs:
                 return child
+            if child.starts(work):
+                if starts is None or child.active < starts.active:
+                    starts = child
+                continue
             load = (child.queued_s, child.queued)
             if load < least and self.depth.fits(child.queued, load[0], estimate):
                 best, least = child, load
-        return best
+        return starts or best
 
     def _balance(self) -> None:
         """Let idle children take over jobs queued behind long-running ones elsewhere."""
@@ -408,24 +395,22 @@ class Pool:
                 self._done(child, msg)
             elif isinstance(msg, Withdrawn):
                 self._withdrawn(child, msg.seq, msg.ok)
-            elif child.jobs and child.jobs[0].seq == msg.seq:  # from the job it runs
+            elif (work := child.seqs.get(msg.seq)) is not None and work.active:
                 if isinstance(msg, Report):
                     if self._on_report is not None:
-                        self._on_report(child.jobs[0], msg.progress)
+                        self._on_report(work, msg.progress)
                 else:
-                    self._extend(child, msg)
+                    self.running.extend(child, work, msg.seconds)
         self._schedule()
         self._changed()
 
     def _done(self, child: Child, msg: Done) -> None:
-        work = child.jobs[0] if child.jobs else None
-        if work is None or work.seq != msg.seq:
+        work = child.seqs.get(msg.seq)
+        if work is None or not work.active:
             child.fail(f"answered job {msg.seq} out of turn")
             return
-        if child.timer is not None:
-            child.timer.cancel()
-            child.timer = None
-        child.remove(work)
+        self.running.ended(work)
+        joined = child.remove(work)
         child.done += 1
         child.last_end = msg.ended
         self._set_withdraw(work, 0)  # a withdrawal on its way came too late: it ran
@@ -440,48 +425,47 @@ class Pool:
             self._spawn(child.close, self.kill_grace)
             self._replace_later(child)
         else:
-            self._start_head(child, msg.ended)
-        work._finish(msg.reply)
+            self.running.start(joined, msg.ended)
+        given_up = work.stop == CANCEL and not msg.reply.ok  # stopped as asked
+        work._finish(None if given_up else msg.reply)
 
     def _withdrawn(self, child: Child, seq: int, ok: bool) -> None:
-        work = next((w for w in child.jobs if w.seq == seq), None)
+        work = child.seqs.get(seq)
         if work is None:
             return  # answered already: its Done came first
         why = self._set_withdraw(work, 0)
         if ok:
-            first = child.jobs[0] is work
-            child.remove(work)
+            self.running.ended(work)
+            joined = child.remove(work)
             if why == CANCEL or self._closing or self.broken is not None:
                 work._finish(None)
             else:
                 self._waiting.appendleft(work)
-            if first:
-                self._start_head(child, child.last_end)
-        elif why == CANCEL:
-            self._kill(child)
-            work._finish(None)
-        else:
-            self._start_head(child, child.last_end)  # it is running where it was
+            self.running.start(joined, child.last_end)
+            return
+        self.running.start((work,), child.last_end)  # it is running where it was
+        if why == CANCEL:
+            self.running.stop(child, work, CANCEL)
 
     def _exited(self, child: Child) -> None:
-        """A child is gone: fail the job it was running, and pass on the ones queued in it."""
+        """A child is gone: fail the jobs it was running, and pass on the ones queued in it."""
         if child not in self._children:
             return  # it never took jobs: it failed to start, or the pool never adopted it
         self._drop(child)
         self._children.discard(child)
         self._dirty.discard(child)
         clean = child.input_closed and child.returncode == 0  # it ran all it had and left
-        jobs = list(child.jobs)
-        child.jobs.clear()
         back: list[Work] = []
-        for i, work in enumerate(jobs):
+        for work in child.clear():
             work.child = None
-            why = self._set_withdraw(work, 0)
+            self.running.ended(work)
+            why = max(self._set_withdraw(work, 0), work.stop)
+            active, work.active = work.active, False
             if work.finished:
                 continue
             if why == CANCEL:
                 work._finish(None)
-            elif i == 0 and not clean:
+            elif active and not clean:
                 self._failed(child, work)
             elif self._closing or self.broken is not None:
                 work._finish(None)
@@ -496,13 +480,13 @@ class Pool:
         if work.started:
             work.run_s = time.monotonic() - work.started_at
             self.times.add(work.task, work.run_s)
-        work._finish(wire.ChildReply(ok=False, error=child.failure()))
+        work._finish(wire.ChildReply(ok=False, error=work.error or child.failure()))
 
     async def close(self, *, kill: bool = False) -> None:
         """Stop every child; jobs not started get ``on_done(None)``.
 
         :param kill: kill the children now (their jobs get ``on_done(None)``); else close their
-            input, so that each finishes the job it runs (the reply is delivered) and exits.
+            input, so that each finishes the jobs it runs (the replies are delivered) and exits.
         """
         self._closing = True
         if self._balance_at is not None:

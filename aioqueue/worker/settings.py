@@ -69,6 +69,14 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
             extra={"default": "0 (adaptive)"},
         ),
     ] = 0
+    async_concurrency: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="async def jobs each child runs at once on its event loop (sync jobs"
+            " run one at a time); 1: async ones too",
+        ),
+    ] = 10
     burst: Annotated[
         bool, Meta(description="exit once the queue is empty and nothing is in flight")
     ] = False

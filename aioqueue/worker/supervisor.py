@@ -9,6 +9,7 @@ run, and its outcome queued for the finisher.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -115,8 +116,9 @@ class Worker:
         """
         s = self.settings
         log.info(
-            "worker %s: queue %r on %s, %d processes, pid %d",
-            self.id, self.queue.name, self.outage.url, s.processes, os.getpid(),
+            "worker %s: queue %r on %s, %d processes, async concurrency %d, pid %d",
+            self.id, self.queue.name, self.outage.url, s.processes, s.async_concurrency,
+            os.getpid(),
         )  # fmt: skip
         listener = None
         if s.metrics_port is not None:
@@ -144,6 +146,7 @@ class Worker:
                 max_start_failures=s.max_start_failures,
                 prefetch=s.prefetch or None,
                 limits=self.limits,
+                async_concurrency=s.async_concurrency,
                 on_change=self._notify,
                 on_broken=self._broken,
                 on_start=self._started,
@@ -371,8 +374,9 @@ class Worker:
         assert self.pool is not None
         progress = msgspec.Raw(held.job.progress) if held.job.progress else wire.NIL
         job = wire.ChildJob(env.task, args, env.kwargs, held.id, held.attempts, progress)
+        concurrent = inspect.iscoroutinefunction(self.queue.tasks[env.task].fn)
         held.work = self.pool.submit(
-            job, timeout, lambda reply: self._on_reply(held, reply), tag=held
+            job, timeout, lambda reply: self._on_reply(held, reply), held, concurrent
         )
 
     def _started(self, work: Work) -> None:
