@@ -7,6 +7,7 @@ worker, which imports this module as ``bench_tasks:queue``, serves the same one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
@@ -34,11 +35,18 @@ def burn(iterations: int) -> int:
     return _common.burn_loop(iterations)
 
 
+@queue.task
+async def io_wait(seconds: float) -> None:
+    """Wait ``seconds`` on the child's event loop, as an I/O-bound task waits on the network."""
+    await asyncio.sleep(seconds)
+
+
 def make_queue(name: str, redis_url: str) -> Queue:
     """A producer-side queue named ``name`` with these tasks registered under their usual names."""
     producer = Queue(name, redis_url=redis_url)
     producer.task(noop)
     producer.task(burn)
+    producer.task(io_wait)
     return producer
 
 

@@ -165,3 +165,15 @@ def test_limits_smoke() -> None:
     assert proc.returncode == 0, proc.stderr
     cases = [line.split()[0] for line in proc.stdout.splitlines()[1:]]
     assert cases == ["plain", "group", "rate", "after"] and "Redis us/job" in proc.stdout
+
+
+@needs_redis
+def test_async_io_quick(tmp_path: Path) -> None:
+    """async_io.py runs I/O-bound async jobs at two concurrency settings; more at once is
+    faster, within the ideal."""
+    proc = _run("async_io.py", tmp_path)
+    assert "ideal jobs/s" in proc.stdout and "supervisor CPU ms/job" in proc.stdout
+    runs = _check_outputs(proc, tmp_path, "async_io")["runs"]
+    assert [r["async_concurrency"] for r in runs] == [1, 50]
+    assert all(0 < r["jobs_per_s"] <= r["ideal_per_s"] * 1.05 for r in runs)
+    assert runs[1]["jobs_per_s"] > 5 * runs[0]["jobs_per_s"]
