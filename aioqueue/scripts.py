@@ -20,7 +20,9 @@ from typing import Any, Literal
 import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
+from ._link import Link, pack
 from ._redis import call_redis, to_str
 from ._sources import SOURCES
 from .keys import Keys
@@ -178,7 +180,7 @@ class Scripts:
     def __init__(self, redis: Redis, keys: Keys, url: str) -> None:
         self.keys = keys
         self.url = url
-        self._redis = redis
+        self.redis = redis
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(src) for name, src in SOURCES.items()
         }
@@ -188,12 +190,31 @@ class Scripts:
         return str(self._scripts[name].sha)
 
     async def _run(
-        self, name: str, keys: list[str], args: list[Any], receipt: Receipt | None = None
+        self,
+        name: str,
+        keys: list[str],
+        args: list[Any],
+        receipt: Receipt | None = None,
+        link: Link | None = None,
     ) -> Any:
         if receipt is not None:
             keys = [*keys, receipt.key]
             args = [*args, receipt.call, receipt.ttl_ms]
-        return await call_redis(self._scripts[name](keys=keys, args=args), self.url)
+        if link is None:
+            return await call_redis(self._scripts[name](keys=keys, args=args), self.url)
+        return await call_redis(self._on_link(link, name, keys, args), self.url)
+
+    async def _on_link(self, link: Link, name: str, keys: list[str], args: list[Any]) -> Any:
+        """``EVALSHA`` on a held connection, loading the script if Redis lost it."""
+        script = self._scripts[name]
+        sha = script.sha if isinstance(script.sha, str) else bytes(script.sha)
+        command = pack("EVALSHA", sha, len(keys), *keys, *args)
+        try:
+            return await link.call(command)
+        except NoScriptError:
+            src = script.script
+            await link.call(pack("SCRIPT", "LOAD", src if isinstance(src, str) else bytes(src)))
+            return await link.call(command)
 
     # -- producer --------------------------------------------------------------------------
 
@@ -338,10 +359,12 @@ class Scripts:
         receipt: Receipt,
         finish: Sequence[FinishItem] = (),
         dead: tuple[int, int] = (0, 0),
+        link: Link | None = None,
     ) -> tuple[list[int], ClaimReply]:
         """Promote due scheduled jobs and lease up to ``k`` ready ones to ``holder``; record
         ``finish`` outcomes first in the same round trip (``dead``: the retention, ms and
         count). Returns the finish replies (see :meth:`finish`) and what was claimed.
+        ``link``: send it on that held connection.
 
         The leases' tokens are ``holder:N`` for N from ``receipt.call`` (a number) upwards, so
         the caller advances its call ids by at least ``k`` between claims.
@@ -352,19 +375,24 @@ class Scripts:
                       ks.tat, ks.progress]  # fmt: skip
         claim_args: list[Any] = [k, lease_ms, f"{holder}:", receipt.call, ks.done_channel]
         if not finish:
-            return [], _claim_reply(await self._run("claim", claim_keys, claim_args, receipt))
+            reply = await self._run("claim", claim_keys, claim_args, receipt, link)
+            return [], _claim_reply(reply)
         fk, fa = self._finish_call(finish, *dead)
         args = [len(fk), len(fa), *fa, *claim_args]
-        finished, claimed = await self._run("finish_claim", fk + claim_keys, args, receipt)
+        finished, claimed = await self._run("finish_claim", fk + claim_keys, args, receipt, link)
         return [int(r) for r in finished], _claim_reply(claimed)
 
     async def finish(
-        self, items: Sequence[FinishItem], receipt: Receipt, dead: tuple[int, int]
+        self,
+        items: Sequence[FinishItem],
+        receipt: Receipt,
+        dead: tuple[int, int],
+        link: Link | None = None,
     ) -> list[int]:
         """Record outcomes; per item 1 applied, 0 fenced, -1 lease still alive (reaping), -2
-        nothing left to recover (reaping)."""
+        nothing left to recover (reaping). ``link``: send it on that held connection."""
         keys, args = self._finish_call(items, *dead)
-        return [int(r) for r in await self._run("finish", keys, args, receipt)]
+        return [int(r) for r in await self._run("finish", keys, args, receipt, link)]
 
     async def heartbeat(
         self,
@@ -472,4 +500,4 @@ class Scripts:
 
     async def paused(self) -> bool:
         """Whether the queue is paused (one command)."""
-        return bool(await call_redis(self._redis.exists(self.keys.paused), self.url))
+        return bool(await call_redis(self.redis.exists(self.keys.paused), self.url))

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from .._link import Link, pack
+from .._redis import call_redis
 from ..scripts import ClaimReply, Receipt
 from .backoff import Backoff
 from .finisher import Pending
@@ -55,6 +57,7 @@ class Fetcher:
         self.w = worker
         self.unanswered: _Claim | None = None
         self.paused = False  # the last claim found the queue paused
+        self.link = Link.of(worker.redis)  # its own connection, held: claims and waits
 
     def _free(self) -> int:
         """Jobs to claim now: what the children can hold (the jobs each runs, see running.py,
@@ -75,7 +78,7 @@ class Fetcher:
         w, c = self.w, self.unanswered
         assert c is not None
         replies, claim = await w.scripts.claim(
-            c.k, w.lease_ms, w.id, c.receipt, [p.item for p in c.outcomes], w.dead
+            c.k, w.lease_ms, w.id, c.receipt, [p.item for p in c.outcomes], w.dead, self.link
         )
         self.unanswered = None
         w.finisher.settle(c.outcomes, replies)
@@ -146,7 +149,12 @@ class Fetcher:
                 await anyio.sleep(due)
                 return
             timeout = min(timeout, due - BLOCK_RESOLUTION)
-        await w.redis.blpop([w.keys.wake], timeout=max(timeout, 0.01))
+        timeout = max(timeout, 0.01)
+        if self.link is None:
+            await w.redis.blpop([w.keys.wake], timeout=timeout)
+        else:
+            blpop = self.link.call(pack("BLPOP", w.keys.wake, timeout))
+            await call_redis(blpop, w.queue.redis_url)
 
     async def settle(self, timeout: float) -> None:
         """On the way out: get the answer to a claim cut short, and hand its jobs back."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import anyio
 import anyio.lowlevel
 
+from .._link import Link
 from ..scripts import FinishItem, Scripts
 from ._state import Channel, Held, Outage
 from .backoff import Backoff
@@ -51,6 +52,7 @@ class Finisher:
     ) -> None:
         self.scripts = scripts
         self.reports = reports
+        self.link = Link.of(scripts.redis)  # its own connection, held
         self.channel = channel
         self.dead = dead
         self.outage = outage
@@ -101,7 +103,7 @@ class Finisher:
             items = [p.item for p in batch]
             while True:
                 try:
-                    replies = await self.scripts.finish(items, receipt, self.dead)
+                    replies = await self.scripts.finish(items, receipt, self.dead, self.link)
                 except Exception as exc:
                     self.outage.failed("recording outcomes", exc)
                     await backoff.sleep()

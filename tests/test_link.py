@@ -1,0 +1,64 @@
+"""The worker's held connection for its hot path, against a real Redis: commands packed once,
+a lost link re-sent once on a new connection, a cancelled call never leaves its reply behind, a
+script Redis forgot loaded again."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import redis
+from redis import exceptions as rex
+
+from aioqueue import Queue
+from aioqueue._link import Link, pack
+from aioqueue.scripts import Receipt
+from tests import tasks
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_replies_in_order_and_error_replies_keep_the_link(queue: Queue) -> None:
+    link = Link.of(queue.redis)
+    assert link is not None
+    assert await link.call(pack("SET", "k", 1.5)) == b"OK"
+    assert await link.call(pack("GET", "k")) == b"1.5"
+    with pytest.raises(rex.ResponseError, match="WRONGTYPE"):
+        await link.call(pack("LPUSH", "k", "x"))
+    assert await link.call(pack("INCRBYFLOAT", "k", 1)) == b"2.5"
+    await link.aclose()
+
+
+async def test_a_killed_connection_is_replaced_and_the_command_sent_again(
+    queue: Queue, sync_redis: redis.Redis
+) -> None:
+    link = Link.of(queue.redis)
+    assert link is not None
+    await link.call(pack("CLIENT", "SETNAME", "held"))
+    sync_redis.client_kill_filter(_type="normal", skipme=True)
+    assert await link.call(pack("INCR", "n")) == 1  # on a new connection, once
+    assert await link.call(pack("GET", "n")) == b"1"
+    await link.aclose()
+
+
+async def test_a_cancelled_call_drops_its_connection(queue: Queue) -> None:
+    """A BLPOP cut short leaves no reply to be read as the next call's answer."""
+    link = Link.of(queue.redis)
+    assert link is not None
+    with anyio.move_on_after(0.2):
+        await link.call(pack("BLPOP", "wake", 5))
+    await queue.redis.rpush("wake", "late")  # would have answered the BLPOP
+    assert await link.call(pack("PING")) == b"PONG"
+    assert await queue.redis.lpop("wake") == b"late"  # nobody took it
+    await link.aclose()
+
+
+async def test_scripts_on_a_link_load_themselves_again(queue: Queue) -> None:
+    """After SCRIPT FLUSH the claim on a link loads its script and claims."""
+    job = await queue.submit(tasks.noop)
+    link = Link.of(queue.redis)
+    assert link is not None
+    await queue.redis.script_flush()
+    r = Receipt(queue.keys.receipt("link"), "1", 60_000)
+    _, claim = await queue.scripts.claim(1, 10_000, "w", r, link=link)
+    assert [j.id for j in claim.jobs] == [job.id]
+    await link.aclose()
