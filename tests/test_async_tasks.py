@@ -111,6 +111,7 @@ async def test_an_async_job_past_its_timeout_is_cancelled_and_its_child_goes_on(
     assert [tag for e, tag, *_ in entries(ledger) if e == "end"] == ["ba", "bb"]
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_an_async_job_that_will_not_stop_gets_its_child_killed(
     queue: Queue, start_worker: StartWorker, tmp_path: Path
 ) -> None:
@@ -151,6 +152,7 @@ async def test_cancelling_a_running_async_job_stops_only_it(
     assert "retried" not in (await queue.info()).counters
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_a_child_killed_among_async_jobs_fails_exactly_those(
     queue: Queue, start_worker: StartWorker, tmp_path: Path
 ) -> None:

@@ -75,6 +75,7 @@ def test_only_a_tasks_own_code_is_interrupted() -> None:
     assert in_task(sys._getframe())  # this function's code: a task's, say
 
 
+@pytest.mark.chaos  # a fault scenario: runs with the fault suite
 async def test_a_job_over_the_memory_limit_fails_and_no_other_job_is_lost(
     queue: Queue, start_worker: StartWorker
 ) -> None:

@@ -342,19 +342,19 @@ async def test_pinned_prefetch_queues_whatever_the_run_time() -> None:
 async def test_timeouts_run_from_each_jobs_start() -> None:
     """A queued job's timeout starts when its child starts it, not when it was queued."""
     async with open_pool(prefetch=2) as (pool, _):
-        jobs = [submit(pool, "sleep", 0.4, timeout=1.0) for _ in range(3)]
+        jobs = [submit(pool, "sleep", 0.25, timeout=0.6) for _ in range(3)]
         await eventually(lambda: pool.queued == [2], 5, "two jobs queued behind the first")
         for _, done in jobs:
-            ok(await result(done))  # 1.2 s in all, yet none timed out
+            ok(await result(done))  # 0.75 s in all, yet none timed out
         first, second = jobs[0][0], jobs[1][0]
         assert first.run_s is not None and second.started_at >= first.started_at + first.run_s
-        _, running = submit(pool, "sleep", 0.6)  # no timeout of its own
-        late, killed = submit(pool, "sleep", 30, timeout=0.5)
+        _, running = submit(pool, "sleep", 0.4)  # no timeout of its own
+        late, killed = submit(pool, "sleep", 30, timeout=0.3)
         await eventually(lambda: late.queued, 5, "the job queued")
         ok(await result(running))  # not cut short by the timeout of the job behind it
         err = error(await result(killed))
-        assert (err.kind, err.type) == ("timeout", "TimeoutError") and "0.5 s" in err.message
-        assert late.run_s is not None and late.run_s >= 0.5
+        assert (err.kind, err.type) == ("timeout", "TimeoutError") and "0.3 s" in err.message
+        assert late.run_s is not None and late.run_s >= 0.3
 
 
 async def test_an_idle_child_takes_over_jobs_queued_behind_a_long_one() -> None:

@@ -77,14 +77,14 @@ async def test_a_retried_job_resumes_from_its_last_checkpoint(
 async def test_a_task_asks_for_retries_with_its_own_delay(
     queue: Queue, start_worker: StartWorker, tmp_path: Path
 ) -> None:
-    """``ctx.retry(0.4, reason)`` counts an attempt, records the reason, and the next attempt
-    starts no sooner than 0.4 s later (the worker's own backoff is 0.05 s)."""
+    """``ctx.retry(0.25, reason)`` counts an attempt, records the reason, and the next attempt
+    starts no sooner than 0.25 s later (the worker's own backoff is 0.05 s)."""
     await start_worker()
     ledger = tmp_path / "ledger"
-    job = await queue.submit(tasks.retry_twice, str(ledger), 0.4)
+    job = await queue.submit(tasks.retry_twice, str(ledger), 0.25)
     assert await job.result(timeout=20) == 3
     starts = [float(line.split()[1]) for line in ledger.read_text().splitlines()]
-    assert [b - a >= 0.4 for a, b in zip(starts, starts[1:], strict=False)] == [True, True]
+    assert [b - a >= 0.25 for a, b in zip(starts, starts[1:], strict=False)] == [True, True]
     errors = job_data(queue.name, job.id, await queue.scripts.job_info(job.id))["errors"]
     assert errors == []  # a completed job keeps only its outcome
     info = await queue.info()
@@ -107,12 +107,12 @@ async def test_a_snooze_runs_the_job_later_without_using_an_attempt(
     """A ``retries=0`` task snoozes twice and still completes, as attempt 1 every time."""
     await start_worker()
     ledger = tmp_path / "ledger"
-    job = await queue.submit(tasks.snooze_twice, str(ledger), 0.3)
+    job = await queue.submit(tasks.snooze_twice, str(ledger), 0.2)
     assert await job.result(timeout=20) == 1
     runs = [line.split() for line in ledger.read_text().splitlines()]
     assert [r[0] for r in runs] == ["1", "1", "1"]
     starts = [float(r[1]) for r in runs]
-    assert all(b - a >= 0.3 for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a >= 0.2 for a, b in zip(starts, starts[1:], strict=False))
     info = await queue.info()
     assert info.counters.get("snoozed") == 2 and "retried" not in info.counters
 
@@ -121,8 +121,8 @@ async def test_a_task_extends_its_own_timeout(queue: Queue, start_worker: StartW
     """A task with a 0.5 s timeout that asks for more time runs to its end; without asking,
     the same work is killed at the timeout."""
     await start_worker()
-    extended = await queue.submit(tasks.overrun, 1.0, True)
-    plain = await queue.options(retries=0).submit(tasks.overrun, 1.0, False)
+    extended = await queue.submit(tasks.overrun, 0.8, True)
+    plain = await queue.options(retries=0).submit(tasks.overrun, 0.8, False)
     assert await extended.result(timeout=20) == "finished"
     with pytest.raises(aioqueue.JobFailed, match="timeout of 0.5 s"):
         await plain.result(timeout=20)
