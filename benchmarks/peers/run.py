@@ -2,7 +2,7 @@
 
 One command runs every framework against the same private ``redis-server`` on this machine::
 
-    python benchmarks/peers/run.py [--n 2000] [--cpu-n 200] [--peers arq,saq] [--repeat 1]
+    python benchmarks/peers/run.py [--n 2000] [--cpu-n 200] [--peers arq,saq] [--repeat 3]
         [--timeout 120] [--out DIR] [--quick]
 
 For each framework and settings variant it measures
@@ -220,10 +220,14 @@ def run_cell(
     return record
 
 
-def best_of(tries: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The fastest successful try (the last try if none succeeded), with every try's rate."""
-    ok = [t for t in tries if t.get("status") == "ok" and t.get("rate")]
-    cell = dict(max(ok, key=lambda t: float(t["rate"])) if ok else tries[-1])
+def median_of(tries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The successful try of median rate (the lower of the middle two for an even count; the
+    last try if none succeeded), with every try's rate: one lucky run can't make a cell."""
+    ok = sorted(
+        (t for t in tries if t.get("status") == "ok" and t.get("rate")),
+        key=lambda t: float(t["rate"]),
+    )
+    cell = dict(ok[(len(ok) - 1) // 2] if ok else tries[-1])
     if len(tries) > 1:
         cell["tries"] = [
             t.get("rate") if t.get("status") == "ok" else t.get("status") for t in tries
@@ -336,7 +340,7 @@ def report(rows: Sequence[Row], machine: dict[str, Any], config: dict[str, Any])
         "",
         f"Machine: {_common.describe_machine(machine)}",
         "Workload: {n} no-op jobs; {cpu_n} CPU jobs of burn_loop({iterations}) = {cpu_ms:.1f} ms "
-        "each (calibrated); time limit {timeout:g}s per cell; best of {repeat} run(s) per cell; "
+        "each (calibrated); time limit {timeout:g}s per cell; median of {repeat} run(s) per cell; "
         "throughput measured from the first completion to the last.".format(**config),
     ]
     return "\n".join(out)
@@ -357,7 +361,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="time limit per cell (s)")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs per cell; the fastest successful one is kept"
+        "--repeat", type=int, default=3, help="runs per cell; the median successful one is kept"
     )
     parser.add_argument("--out", type=Path, default=None, help=_common.out_help("peers"))
     parser.add_argument(
@@ -432,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  cal.iterations, args.timeout, server.url)
                         for _ in range(args.repeat)
                     ]  # fmt: skip
-                    cell = best_of(tries)
+                    cell = median_of(tries)
                     cell["column"] = column
                     row.cells[column] = cell
                     if cell.get("version"):
