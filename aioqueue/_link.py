@@ -10,12 +10,14 @@ once more on a new connection, as the client's own retry would; beyond that, ret
 caller's, who re-sends under the same receipt.
 
 A call that fails on the link, or is cancelled, drops the connection: a reply still on its way
-can never be read as the answer to another call. An error reply leaves it in place.
+can never be read as the answer to another call. An error reply leaves it in place. A
+producer's submits, which may overlap, take a link each from :class:`Links`.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -24,7 +26,7 @@ from redis import exceptions as rex
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-__all__ = ("Link", "pack")
+__all__ = ("Link", "Links", "pack")
 
 
 def pack(*args: str | bytes | int | float) -> bytes:
@@ -87,3 +89,30 @@ class Link:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await self._pool.release(conn)
+
+
+class Links:
+    """Held connections for calls that may overlap (a producer's submits): an idle link is
+    reused, else a new one takes a connection from the pool; at most ``keep`` stay held."""
+
+    def __init__(self, pool: ConnectionPool, keep: int = 4) -> None:
+        self._pool = pool
+        self._keep = keep
+        self._idle: list[Link] = []
+
+    @classmethod
+    def of(cls, redis: Redis, keep: int = 4) -> Links | None:
+        pool = getattr(redis, "connection_pool", None)
+        return cls(pool, keep) if isinstance(pool, ConnectionPool) else None
+
+    @contextlib.asynccontextmanager
+    async def link(self) -> AsyncIterator[Link]:
+        """A link of one's own for one call."""
+        link = self._idle.pop() if self._idle else Link(self._pool)
+        try:
+            yield link
+        finally:
+            if len(self._idle) < self._keep:
+                self._idle.append(link)
+            else:
+                await link.aclose()

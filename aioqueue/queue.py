@@ -236,7 +236,7 @@ class Queue(Submits, ChildHooks):
         """The queue's Redis client (created on first use)."""
         if self._redis is None:
             self._redis = self._make_client()
-            self._scripts = Scripts(self._redis, self.keys, self.redis_url)
+            self._scripts = Scripts(self._redis, self.keys, self.redis_url, links=True)
         return self._redis
 
     @property

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+from redis import exceptions as rex
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from ._link import Link, pack
-from ._redis import call_redis, to_str
+from ._link import Link, Links, pack
+from ._redis import as_error, call_redis, to_str
 from ._sources import SOURCES
 from .keys import Keys
 from .views import JobRow, Overview, WorkerAbout, last_minute, schedule_rows
@@ -177,10 +178,11 @@ class Scripts:
     """The scripts of one queue, bound to one client; each call is an ``EVALSHA`` that reloads
     itself after ``SCRIPT FLUSH``, and raises aioqueue's errors naming ``url``."""
 
-    def __init__(self, redis: Redis, keys: Keys, url: str) -> None:
+    def __init__(self, redis: Redis, keys: Keys, url: str, *, links: bool = False) -> None:
         self.keys = keys
         self.url = url
         self.redis = redis
+        self._links = Links.of(redis) if links else None
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(src) for name, src in SOURCES.items()
         }
@@ -238,8 +240,21 @@ class Scripts:
                     keys += [k.after(parent), k.result(parent)]
             args += [j.id, j.data, j.priority, j.delay_ms, "1" if j.key is not None else "0",
                      extra]  # fmt: skip
-        reply = await self._run("submit", keys, args)
+        reply = await self._submit(keys, args)
         return [(to_str(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+    async def _submit(self, keys: list[str], args: list[Any]) -> Any:
+        """The submit script on a held connection; after a lost link (re-sent once there)
+        through the client, with its retries and backoff: a job's id makes a re-send safe."""
+        if self._links is not None:
+            async with self._links.link() as link:
+                try:
+                    return await self._on_link(link, "submit", keys, args)
+                except (rex.ConnectionError, rex.TimeoutError, OSError):
+                    pass  # the client's own retries and backoff take it from here
+                except rex.RedisError as exc:
+                    raise as_error(exc, self.url) from exc
+        return await self._run("submit", keys, args)
 
     async def tick(self, schedule: str, tick_ms: int, job: NewJob | None) -> bool:
         """Record a schedule's tick as fired and submit its ``job`` (None: record only), in

@@ -62,3 +62,16 @@ async def test_scripts_on_a_link_load_themselves_again(queue: Queue) -> None:
     _, claim = await queue.scripts.claim(1, 10_000, "w", r, link=link)
     assert [j.id for j in claim.jobs] == [job.id]
     await link.aclose()
+
+
+async def test_a_submit_whose_link_was_cut_goes_in_once(
+    queue: Queue, sync_redis: redis.Redis
+) -> None:
+    """A producer's submits go over held links; with every connection killed between two
+    submits, the next is sent again on a new one and the job exists once."""
+    await queue.submit(tasks.noop)
+    sync_redis.client_kill_filter(_type="normal", skipme=True)
+    job = await queue.submit(tasks.add, 1, 2)
+    assert job.created
+    assert await queue.redis.hlen(queue.keys.jobs) == 2
+    assert await queue.redis.zcard(queue.keys.pending) == 2
