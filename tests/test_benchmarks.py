@@ -177,3 +177,12 @@ def test_async_io_quick(tmp_path: Path) -> None:
     assert [r["async_concurrency"] for r in runs] == [1, 50]
     assert all(0 < r["jobs_per_s"] <= r["ideal_per_s"] * 1.05 for r in runs)
     assert runs[1]["jobs_per_s"] > 5 * runs[0]["jobs_per_s"]
+
+
+def test_backlog_quick(tmp_path: Path) -> None:
+    """backlog.py holds two backlogs steady and times completions at each."""
+    proc = _run("backlog.py", tmp_path)
+    assert "Redis us/job" in proc.stdout and "info() ms" in proc.stdout
+    rows = _check_outputs(proc, tmp_path, "backlog")["rows"]
+    assert [r["backlog"] for r in rows] == [1000, 20000]
+    assert all(r["jobs"] >= 5000 and r["per_s"] > 0 and r["redis_mib"] > 0 for r in rows)
