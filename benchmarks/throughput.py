@@ -322,6 +322,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--timeout", type=float, default=120.0, help="bound on each wait (default 120 s)"
     )
+    p.add_argument(
+        "--long-run",
+        type=int,
+        default=None,
+        help="jobs in the long run that follows the supervisor's memory (default 100,000)",
+    )
     p.add_argument("--out", type=Path, default=None, help=_common.out_help("throughput"))
     p.add_argument("--quick", action="store_true", help="tiny job counts: a smoke test")
     args = p.parse_args(argv)
@@ -400,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args: argparse.Namespace) -> None:
     """What :func:`main` does, its output going to the report."""
     sizes = Sizes.of(args.quick, args.scale)
+    if args.long_run:
+        sizes.long_run = args.long_run
     started = time.perf_counter()
     before = _common.CpuMeter().start()
     time.sleep(0.1 if args.quick else 1.0)  # a look at the machine before anything starts
@@ -425,6 +433,12 @@ def measure(args: argparse.Namespace) -> None:
         f"(--prefetch {PREFETCH}); "
         f"supervisor RSS {first / 1024:.1f} MiB after the first 10,000, "
         f"{last / 1024:.1f} MiB at the end"
+    )
+    samples = long_run["samples"]
+    step = max(1, len(samples) // 10)
+    print(
+        "  supervisor RSS along the way (jobs: MiB): "
+        + ", ".join(f"{n:,}: {kib / 1024:.2f}" for n, kib in samples[step - 1 :: step])
     )
     print()
     print(_common.load_verdict(before_used, during_used))
