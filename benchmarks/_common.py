@@ -404,6 +404,36 @@ def is_busy(used: dict[str, float]) -> bool:
     return used["others"] > BUSY_CORES * used["wall"] + used["noise_s"]
 
 
+class OtherLoad:
+    """What the rest of the machine used: a look just before a benchmark (:meth:`look`), then
+    all through it (:meth:`start`, :meth:`stop`); :meth:`verdict` says it in words."""
+
+    def __init__(self) -> None:
+        self.before: dict[str, float] = {}
+        self.during: dict[str, float] = {}
+        self._meter: CpuMeter | None = None
+
+    def look(self, seconds: float) -> OtherLoad:
+        """Watch the machine for ``seconds`` before anything starts."""
+        meter = CpuMeter().start()
+        time.sleep(seconds)
+        self.before = meter.stop()
+        return self
+
+    def start(self) -> None:
+        self._meter = CpuMeter().start()
+
+    def stop(self) -> None:
+        if self._meter is not None:
+            self.during = self._meter.stop()
+
+    def verdict(self) -> str:
+        return load_verdict(self.before, self.during)
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {"before": self.before, "during": self.during}
+
+
 def load_verdict(before: dict[str, float], during: dict[str, float]) -> str:
     """One sentence on other load: before the benchmark started and while it ran."""
     cores = os.cpu_count() or 1

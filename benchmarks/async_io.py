@@ -125,19 +125,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with _common.report_to(args.out, "async_io") as report:
-        before = _common.CpuMeter().start()
-        time.sleep(0.1 if args.quick else 1.0)  # a look at the machine before anything starts
-        before_used = before.stop()
+        load = _common.OtherLoad().look(0.1 if args.quick else 1.0)
         with (
             _common.redis_url_or_private(args.redis_url) as redis,
             tempfile.TemporaryDirectory(prefix="aioq-async-io-") as tmp,
         ):
-            during = _common.CpuMeter().start()
+            load.start()
             machine = _common.machine_info(redis.url)
             print(f"machine: {_common.describe_machine(machine)}")
             print(f"jobs: await asyncio.sleep({args.sleep:g}), {args.processes} processes")
             rows = _common.run_async(run_all(redis, args, Path(tmp)))
-            during_used = during.stop()
+            load.stop()
         print()
         _common.print_table(
             HEADERS,
@@ -149,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )  # fmt: skip
         print()
-        print(_common.load_verdict(before_used, during_used))
+        print(load.verdict())
         data = {
             "benchmark": "async_io",
             "machine": machine,
-            "other_load": {"before": before_used, "during": during_used},
+            "other_load": load.as_dict(),
             "runs": rows,
         }
         print(f"json: {_common.write_json(args.out / 'async_io.json', data)}")

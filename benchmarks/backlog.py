@@ -147,12 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = _common.out_dir(args.out, args.quick)
     with _common.report_to(out, "backlog") as report:
-        before = _common.CpuMeter().start()
-        time.sleep(1.0)  # a look at the machine before anything starts
-        before_used = before.stop()
-        during = _common.CpuMeter().start()
+        load = _common.OtherLoad().look(0.1 if args.quick else 1.0)
+        load.start()
         machine, rows = _common.run_async(measure(args))
-        during_used = during.stop()
+        load.stop()
         first = rows[0]["per_s"]
         _common.print_table(
             ["pending", "jobs/s", "of the first", "Redis us/job", "supervisor us/job",
@@ -165,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.window:,} completions timed per row after {WARMUP:,}, {args.processes} "
             "worker processes, defaults; the producer tops the queue up to keep the backlog"
         )
-        print(_common.load_verdict(before_used, during_used))
+        print(load.verdict())
         data = {"benchmark": "backlog", "machine": machine, "window": args.window,
                 "processes": args.processes, "rows": rows,
-                "other_load": {"before": before_used, "during": during_used}}  # fmt: skip
+                "other_load": load.as_dict()}  # fmt: skip
         _common.write_json(out / "backlog.json", data)
         print(f"report: {report}")
     return 0

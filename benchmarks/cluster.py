@@ -190,15 +190,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(args: argparse.Namespace) -> None:
-    before = _common.CpuMeter().start()
-    time.sleep(0.1 if args.quick else 1.0)  # a look at the machine before anything starts
-    before_used = before.stop()
+    load = _common.OtherLoad().look(0.1 if args.quick else 1.0)
     with ExitStack() as stack:
         url = args.redis_url
         if url is None:
             url = stack.enter_context(ClusterServers(masters=3, replicas=1)).url
         single = None if args.no_single else stack.enter_context(RedisServer()).url
-        during = _common.CpuMeter().start()
+        load.start()
         first = connect.parse(url).nodes[0]
         machine = _common.machine_info(f"redis://{first[0]}:{first[1]}")
         print(f"machine: {_common.describe_machine(machine)}")
@@ -206,18 +204,18 @@ def measure(args: argparse.Namespace) -> None:
         print(f"each layout: {args.jobs} no-op jobs, {args.workers} worker(s) x "
               f"{args.processes} process(es), {LANES} submitting coroutines per queue")  # fmt: skip
         runs = _common.run_async(run_all(url, single, args))
-        during_used = during.stop()
+        load.stop()
     print()
     headers = ["layout", "queues", "masters", "jobs", "submit_s", "wall_s", "jobs_per_s"]
     rows = [[r.layout, r.queues, r.masters_used or "-", r.jobs, r.submit_s, r.seconds,
              r.jobs_per_s] for r in runs]  # fmt: skip
     _common.print_table(headers, rows)
     print()
-    print(_common.load_verdict(before_used, during_used))
+    print(load.verdict())
     data = {
         "benchmark": "cluster",
         "machine": machine,
-        "other_load": {"before": before_used, "during": during_used},
+        "other_load": load.as_dict(),
         "runs": [asdict(r) for r in runs],
     }
     print(f"json: {_common.write_json(args.out / 'cluster.json', data)}")

@@ -409,14 +409,12 @@ def measure(args: argparse.Namespace) -> None:
     if args.long_run:
         sizes.long_run = args.long_run
     started = time.perf_counter()
-    before = _common.CpuMeter().start()
-    time.sleep(0.1 if args.quick else 1.0)  # a look at the machine before anything starts
-    before_used = before.stop()
+    load = _common.OtherLoad().look(0.1 if args.quick else 1.0)
     with (
         _common.redis_url_or_private(args.redis_url) as redis,
         tempfile.TemporaryDirectory(prefix="aioq-throughput-") as tmp,
     ):
-        during = _common.CpuMeter().start()
+        load.start()
         machine = _common.machine_info(redis.url)
         print(f"machine: {_common.describe_machine(machine)}")
         print(f"redis: {'private redis-server' if redis.private else redis.url}")
@@ -424,7 +422,7 @@ def measure(args: argparse.Namespace) -> None:
         floor_row, rows, memory, long_run = _common.run_async(
             run_all(redis, args, sizes, Path(tmp))
         )
-        during_used = during.stop()
+        load.stop()
     print()
     print_report(rows, memory, floor_row)
     first, last = long_run["supervisor_rss_kib_first"], long_run["supervisor_rss_kib_last"]
@@ -441,12 +439,12 @@ def measure(args: argparse.Namespace) -> None:
         + ", ".join(f"{n:,}: {kib / 1024:.2f}" for n, kib in samples[step - 1 :: step])
     )
     print()
-    print(_common.load_verdict(before_used, during_used))
+    print(load.verdict())
     data = {
         "benchmark": "throughput",
         "machine": machine,
         "sizes": asdict(sizes),
-        "other_load": {"before": before_used, "during": during_used},
+        "other_load": load.as_dict(),
         "floor": asdict(floor_row),
         "rows": [asdict(r) for r in rows],
         "memory": {str(k): v for k, v in memory.items()},
