@@ -55,6 +55,15 @@ def touch(path: str) -> None:
 
 
 @queue.task
+def wait_for(path: str, limit: float = 30.0) -> int:
+    """Hold the child until the file ``path`` exists (a test's go signal), at most ``limit`` s."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.getpid()
+
+
+@queue.task
 async def loop_id() -> int:
     await asyncio.sleep(0)
     return id(asyncio.get_running_loop())
