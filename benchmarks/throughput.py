@@ -92,6 +92,37 @@ def _rate(n: int, seconds: float) -> float:
 # -- submitting ------------------------------------------------------------------------------
 
 
+class Cpu:
+    """CPU seconds used between :meth:`start` and :meth:`per_job` by the worker's supervisor and
+    children, by Redis (when the benchmark started it) and by this producer, per job in µs."""
+
+    def __init__(self, worker_pid: int, redis: RedisTarget) -> None:
+        self.worker_pid = worker_pid
+        self.redis_pid = redis.pid
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float, float]:
+        sup = _common.proc_stat(self.worker_pid)
+        kids = [_common.proc_stat(pid) for pid in _common.child_pids(self.worker_pid)]
+        red = _common.proc_stat(self.redis_pid) if self.redis_pid else None
+        return (
+            sup.cpu_s if sup else float("nan"),
+            sum(k.cpu_s for k in kids if k is not None),
+            red.cpu_s if red else float("nan"),
+            time.process_time(),
+        )
+
+    def start(self) -> Cpu:
+        self._start = self._sample()
+        return self
+
+    def per_job(self, n: int) -> dict[str, float]:
+        end = self._sample()
+        names = ("supervisor_us", "children_us", "redis_us", "producer_us")
+        spans = zip(names, self._start, end, strict=True)
+        return {k: (b - a) / max(n, 1) * 1e6 for k, a, b in spans}
+
+
 async def submit_jobs(queue: Queue, mode: str, n: int) -> float:
     """Submit ``n`` no-op jobs in ``mode``; returns the seconds it took."""
     t0 = time.perf_counter()
@@ -171,23 +202,28 @@ async def with_worker(
                 registered, timeout, "the worker to register", check=worker.check_alive
             )
             done = 0
+            cpu = Cpu(worker.pid, redis)
             for mode in MODES:
                 t0 = time.perf_counter()
+                cpu.start()
                 submit_s = await submit_jobs(queue, mode, sizes.e2e)
                 done += sizes.e2e
                 await wait_completed(queue, done, timeout, worker.check_alive)
                 seconds = time.perf_counter() - t0
                 rows.append(
                     Row("end to end", MODE_TEXT[mode], processes, sizes.e2e, seconds,
-                        _rate(sizes.e2e, seconds), extra={"submit_s": submit_s})
+                        _rate(sizes.e2e, seconds),
+                        extra={"submit_s": submit_s, "cpu": cpu.per_job(sizes.e2e)})
                 )  # fmt: skip
 
             idle = await latencies(queue, sizes.idle, 1, timeout, worker.check_alive)
             rows.append(_latency_row("idle queue, one job at a time", processes, idle))
+            cpu.start()
             loaded = await latencies(queue, sizes.load, CONCURRENCY, timeout, worker.check_alive)
             rows.append(
                 _latency_row(f"under load, {CONCURRENCY} clients submit+await", processes, loaded)
             )
+            rows[-1].extra["cpu"] = cpu.per_job(sizes.load)
             memory = worker.memory()
     return rows, memory
 
@@ -293,6 +329,15 @@ def print_report(rows: list[Row], memory: dict[int, dict[str, Any]], floor_row: 
                 f"processing with {r.processes} process(es), worker start-up included: "
                 f"{r.extra['with_startup_s']:.2f} s, {r.extra['with_startup_per_s']:,.0f} jobs/s"
             )
+    print("\nCPU per job (µs), the whole section's run:")
+    _common.print_table(
+        ["section", "case", "processes", "supervisor", "children", "redis", "producer"],
+        [
+            [r.section, r.case, r.processes, c["supervisor_us"], c["children_us"],
+             c["redis_us"], c["producer_us"]]
+            for r in rows if (c := r.extra.get("cpu"))
+        ],
+    )  # fmt: skip
     print("\nmemory after the runs (VmRSS):")
     _common.print_table(
         ["processes", "supervisor MiB", "children MiB (each)", "children MiB (sum)", "total MiB"],
