@@ -29,6 +29,12 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 __all__ = ("Link", "Links", "pack")
 
 
+def _pool(redis: Redis) -> ConnectionPool | None:
+    """The client's one pool of connections (None for a cluster's client)."""
+    pool = getattr(redis, "connection_pool", None)
+    return pool if isinstance(pool, ConnectionPool) else None
+
+
 def pack(*args: str | bytes | int | float) -> bytes:
     """A command in the Redis protocol, packed in one call (no ``bool``: it is refused)."""
     return bytes(hiredis.pack_command(args))  # type: ignore[arg-type,unused-ignore]
@@ -44,8 +50,8 @@ class Link:
 
     @classmethod
     def of(cls, redis: Redis) -> Link | None:
-        pool = getattr(redis, "connection_pool", None)
-        return cls(pool) if isinstance(pool, ConnectionPool) else None
+        pool = _pool(redis)
+        return None if pool is None else cls(pool)
 
     async def call(self, command: bytes) -> Any:
         """Send one packed command and return its reply; after a lost link, once more on a
@@ -102,8 +108,8 @@ class Links:
 
     @classmethod
     def of(cls, redis: Redis, keep: int = 4) -> Links | None:
-        pool = getattr(redis, "connection_pool", None)
-        return cls(pool, keep) if isinstance(pool, ConnectionPool) else None
+        pool = _pool(redis)
+        return None if pool is None else cls(pool, keep)
 
     @contextlib.asynccontextmanager
     async def link(self) -> AsyncIterator[Link]:

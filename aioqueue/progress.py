@@ -56,48 +56,57 @@ async def follow(queue: Queue, job_id: str) -> AsyncIterator[wire.Progress]:
     pubsub = client.pubsub()
     done: asyncio.Future[bytes] | None = None
     getter: asyncio.Future[Any] | None = None
+    latest = 0.0  # the time of the last report yielded: a report comes at most once
+
+    def fresh(msg: Any) -> wire.Progress | None:
+        nonlocal latest
+        report = _decode(msg["data"]) if msg and msg.get("type") == "message" else None
+        if report is None or report.at <= latest:
+            return None
+        latest = report.at
+        return report
+
+    def read(timeout: float) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(
+            pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+        )
+
+    def result(fut: asyncio.Future[Any]) -> Any:
+        try:
+            return fut.result()
+        except Exception as exc:
+            raise as_error(exc, queue.redis_url) from exc
+
     try:
         try:
             await _subscribe(pubsub, queue.keys.events(job_id))
         except Exception as exc:
             raise as_error(exc, queue.redis_url) from exc
         done = asyncio.ensure_future(queue._results.wait(job_id))
-        latest = 0.0  # the time of the last report yielded: a report comes at most once
         first = await last_report(queue, job_id)
         if first is not None:
             latest = first.at
             yield first
-        while True:
-            if getter is None:
-                getter = asyncio.ensure_future(
-                    pubsub.get_message(ignore_subscribe_messages=True, timeout=IDLE)
-                )
+        while not done.done():
+            getter = getter or read(IDLE)
             await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-            ended = done.done()
-            if ended:
-                done.result()  # JobNotFound, or an error reading outcomes
-                # the reports published before the outcome are on their way on our link
-                await asyncio.wait({getter}, timeout=DRAIN)
+            if getter.done():
+                report, getter = fresh(result(getter)), None
+                if report is not None:
+                    yield report
+        done.result()  # JobNotFound, or an error reading outcomes
+        # the reports published before the outcome are on their way on our link: read them
+        while True:
+            getter = getter or read(DRAIN)
+            await asyncio.wait({getter}, timeout=DRAIN)
             if not getter.done():
-                if ended:
-                    return
-                continue
-            try:
-                msg = getter.result()
-            except Exception as exc:
-                raise as_error(exc, queue.redis_url) from exc
-            getter = None
-            report = _decode(msg["data"]) if msg and msg.get("type") == "message" else None
-            if report is not None and report.at > latest:
-                latest = report.at
-                yield report
-            if ended and msg is None:
                 return
-            if ended:  # read on: more may have come before the outcome
-                getter = asyncio.ensure_future(
-                    pubsub.get_message(ignore_subscribe_messages=True, timeout=DRAIN)
-                )
-                await asyncio.wait({getter})
+            msg, getter = result(getter), None
+            if msg is None:
+                return
+            report = fresh(msg)
+            if report is not None:
+                yield report
     finally:
         for fut in (getter, done):
             if fut is not None and not fut.done():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from aioqueue import Queue, Snooze, job_context, register_type
+from aioqueue import JobContext, Queue, Snooze, job_context, register_type
 
 # A test breaks this module's import (as a bad deploy would) by creating the file named here.
 _BREAK = os.environ.get("AIOQUEUE_TEST_BREAK_IMPORT")
@@ -304,12 +304,18 @@ def half_then_wait(gate: str) -> str:
     return ctx.id
 
 
-@queue.task(retries=3)
-def retry_twice(ledger: str, delay: float) -> int:
-    """Ask for a retry in ``delay`` s on the first two attempts; return the attempt."""
+def _log_attempt(ledger: str) -> JobContext:
+    """Append "ATTEMPT TIME" (monotonic clock) to the ledger; the job's context."""
     ctx = job_context()
     with open(ledger, "a") as f:
         f.write(f"{ctx.attempt} {time.monotonic()}\n")
+    return ctx
+
+
+@queue.task(retries=3)
+def retry_twice(ledger: str, delay: float) -> int:
+    """Ask for a retry in ``delay`` s on the first two attempts; return the attempt."""
+    ctx = _log_attempt(ledger)
     if ctx.attempt < 3:
         ctx.retry(delay, f"not yet ({ctx.attempt})")
     return ctx.attempt
@@ -318,9 +324,7 @@ def retry_twice(ledger: str, delay: float) -> int:
 @queue.task(retries=0)
 def snooze_twice(ledger: str, delay: float) -> int:
     """Snooze twice, then return the attempt number (snoozes don't count)."""
-    ctx = job_context()
-    with open(ledger, "a") as f:
-        f.write(f"{ctx.attempt} {time.monotonic()}\n")
+    ctx = _log_attempt(ledger)
     if len(Path(ledger).read_text().splitlines()) <= 2:
         raise Snooze(delay)
     return ctx.attempt

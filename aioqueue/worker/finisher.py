@@ -94,7 +94,7 @@ class Finisher:
                 await self._ready.wait()
                 continue
             await anyio.lowlevel.checkpoint()  # let the fetch loop take them with its claim
-            if self.reports is not None and self.reports.busy:
+            if self.reports is not None:
                 await self.reports.settled()
             batch = self.take()
             if not batch:
