@@ -130,8 +130,9 @@ def test_depth_rule() -> None:
     assert not depth.fits(2, 0.004, 0.002)  # past the budget
     for _ in range(60):
         times.add("mid", 0.02)
-    assert depth.per_child() == 1  # one held ready per child...
-    assert not depth.fits(0, 0.0, 0.02)  # ...but none in a pipe
+    assert depth.per_child() == 1  # one ahead per child...
+    assert depth.fits(0, 0.0, 0.02)  # ...queued in its pipe
+    assert not depth.fits(1, 0.02, 0.02)  # one only
     for _ in range(60):
         times.add("long", 2.0)
     assert depth.per_child() == 0 and not depth.fits(0, 0.0, 2.0)

@@ -64,8 +64,8 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
         Meta(
             ge=0,
             description="jobs queued in each child behind the one it runs; 0: adaptive, up to"
-            " 5 ms of the tasks' measured run time (at most 64), and one job held ready per"
-            " child for tasks under 100 ms",
+            " 5 ms of the tasks' measured run time (at most 64), and at least one for tasks"
+            " under 100 ms",
             extra={"default": "0 (adaptive)"},
         ),
     ] = 0
