@@ -52,6 +52,22 @@ async def test_a_cancelled_call_drops_its_connection(queue: Queue) -> None:
     await link.aclose()
 
 
+async def test_a_reply_later_than_the_socket_timeout_fails_the_call(queue: Queue) -> None:
+    """The held connection's own reads keep the client's ``socket_timeout``: a reply that does
+    not come in time fails the call (after one more try on a new connection), as redis-py's
+    would, and the link goes on with a new connection."""
+    client = queue._make_client(socket_timeout=0.2, retries=0)
+    link = Link.of(client)
+    assert link is not None
+    assert await link.call(pack("PING")) == b"PONG"
+    assert link._direct  # hiredis reads the stream: the path under test
+    with pytest.raises(rex.TimeoutError, match="Timeout reading from"):
+        await link.call(pack("BLPOP", "never", 2))
+    assert await link.call(pack("PING")) == b"PONG"
+    await link.aclose()
+    await client.aclose()
+
+
 async def test_scripts_on_a_link_load_themselves_again(queue: Queue) -> None:
     """After SCRIPT FLUSH the claim on a link loads its script and claims."""
     job = await queue.submit(tasks.noop)
