@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import contextvars
 import ctypes
+import gc
 import inspect
 import io
 import os
@@ -372,6 +373,7 @@ def main(argv: list[str]) -> None:
         report = START_FAILED + traceback.format_exc().encode(errors="replace")
         write_all(out_fd, frame_bytes(report))
         sys.exit(1)
+    gc.freeze()  # the imports and what the start hooks built stay: the collector skips them
     inbox = Inbox(replies)
     concurrent = Concurrent(runner, inbox, limit, life.cpu)
     write_all(out_fd, frame_bytes(READY))

@@ -9,10 +9,10 @@ reports that came before them (progress.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import anyio
 import anyio.lowlevel
 
 from .._link import Link
@@ -59,8 +59,8 @@ class Finisher:
         self.on_done = on_done
         self.queue: list[Pending] = []
         self.taken = 0  # outcomes taken and not answered yet
-        self._ready = anyio.Event()
-        self._changed = anyio.Event()
+        self._ready = asyncio.Event()
+        self._changed = asyncio.Event()
 
     def put(self, held: Held, item: FinishItem) -> None:
         held.finishing = True
@@ -82,7 +82,7 @@ class Finisher:
         self.taken -= len(batch)
         for p, applied in zip(batch, replies, strict=True):
             self.on_done(p, applied)
-        changed, self._changed = self._changed, anyio.Event()
+        changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
     async def run(self) -> None:
@@ -90,7 +90,7 @@ class Finisher:
         backoff = Backoff(cap=1.0)
         while True:
             if not self.queue:
-                self._ready = anyio.Event()
+                self._ready = asyncio.Event()
                 await self._ready.wait()
                 continue
             await anyio.lowlevel.checkpoint()  # let the fetch loop take them with its claim

@@ -9,6 +9,7 @@ run, and its outcome queued for the finisher.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -94,7 +95,8 @@ class Worker:
         self.beat_at: float | None = None  # time.monotonic() of the last answered heartbeat
         self.beat_error: str | None = None  # why the last heartbeat failed, if it did
         self.failure: str | None = None
-        self._changed = anyio.Event()
+        self._concurrent: dict[str, bool] = {}  # per task: does it run beside others?
+        self._changed = asyncio.Event()  # asyncio's: one is made per job, anyio's cost more
         self._idle = anyio.Event()
         self.stopping = anyio.Event()
         self._hard_stop = anyio.Event()
@@ -302,7 +304,7 @@ class Worker:
         return self.pool.capacity
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, anyio.Event()
+        changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
     async def wait_change(self) -> None:
@@ -374,7 +376,10 @@ class Worker:
         assert self.pool is not None
         progress = msgspec.Raw(held.job.progress) if held.job.progress else wire.NIL
         job = wire.ChildJob(env.task, args, env.kwargs, held.id, held.attempts, progress)
-        concurrent = inspect.iscoroutinefunction(self.queue.tasks[env.task].fn)
+        concurrent = self._concurrent.get(env.task)
+        if concurrent is None:
+            fn = self.queue.tasks[env.task].fn
+            concurrent = self._concurrent[env.task] = inspect.iscoroutinefunction(fn)
         held.work = self.pool.submit(
             job, timeout, lambda reply: self._on_reply(held, reply), held, concurrent
         )
