@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class Run:
     vs_bare: float
     cpu_ms_per_job: dict[str, float]
     others_cores: float
+    vs_bare_runs: list[float] = field(default_factory=list)  # every repeat's, this row's the median
 
 
 def default_processes() -> list[int]:
@@ -305,6 +306,16 @@ def summarize(
     )
 
 
+def median_run(tries: list[Run]) -> Run:
+    """The run whose ratio to its bare run is the median of ``tries`` (by rate without bare
+    runs), with every try's ratio kept on it."""
+    key = (lambda r: r.jobs_per_s) if any(r.vs_bare != r.vs_bare for r in tries) else None
+    ranked = sorted(tries, key=key or (lambda r: r.vs_bare))
+    run = ranked[(len(ranked) - 1) // 2]
+    run.vs_bare_runs = [r.vs_bare for r in tries]
+    return run
+
+
 def plot(runs: list[Run], path: Path, cal: Calibration, machine: dict[str, Any]) -> str:
     """Save speedup against processes, with the ideal line; returns what was done."""
     try:
@@ -419,6 +430,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per process count, each followed by its bare run; the row shown is the run "
+        "with the median ratio to bare, as the machine's speed drifts between runs (default 1)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="tiny everything (1 ms jobs, ~0.1 s runs): a smoke test",
@@ -440,6 +458,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--job-ms, --seconds and --timeout must be > 0")
     if args.jobs is not None and args.jobs < 1:
         p.error("--jobs must be >= 1")
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
     if args.delay_ms < 0 or (args.delay_ms and not args.hosts):
         p.error("--delay-ms must be >= 0, and goes with --hosts")
     if args.hosts and args.redis_url:
@@ -506,20 +526,24 @@ def measure(args: argparse.Namespace) -> int:
         for n in counts:
             jobs = args.jobs or max(n * math.ceil(args.seconds * 1000 / cal.compute_ms), 4 * n)
             window = args.window if args.window is not None else max(4 * n, 8)
-            measured: Measured = _common.run_async(
-                run_one(redis, n, args.workers, jobs, window, cal, args.timeout,
-                        not args.no_progress, Path(tmp), hosts)
-            )  # fmt: skip
-            bare_rate = bare(n, jobs, cal, args.timeout) if not args.no_bare else float("nan")
-            run = summarize(n, args.workers, jobs, window, measured, bare_rate, cal, baseline)
+            tries = []
+            for _ in range(args.repeat):
+                measured: Measured = _common.run_async(
+                    run_one(redis, n, args.workers, jobs, window, cal, args.timeout,
+                            not args.no_progress, Path(tmp), hosts)
+                )  # fmt: skip
+                bare_rate = bare(n, jobs, cal, args.timeout) if not args.no_bare else float("nan")
+                run = summarize(n, args.workers, jobs, window, measured, bare_rate, cal, baseline)
+                tries.append(run)
+                print(
+                    f"  {n} process(es) / {args.workers} worker(s): {jobs} jobs in "
+                    f"{run.wall_s:.2f} s, {run.jobs_per_s:.1f} jobs/s (workers ready after "
+                    f"{run.ready_s:.2f} s); bare processes: {bare_rate:.1f} jobs/s"
+                )
+            run = median_run(tries)
             if baseline is None:
                 baseline = (n, run.jobs_per_s)
             runs.append(run)
-            print(
-                f"  {n} process(es) / {args.workers} worker(s): {jobs} jobs in "
-                f"{run.wall_s:.2f} s, {run.jobs_per_s:.1f} jobs/s (workers ready after "
-                f"{run.ready_s:.2f} s); bare processes: {bare_rate:.1f} jobs/s"
-            )
         during = load.stop()
 
     print()
@@ -541,6 +565,16 @@ def measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vs_bare(r: Run) -> str:
+    """The row's ratio to bare, and the range over its repeats when there were several."""
+    if r.vs_bare != r.vs_bare:
+        return "-"
+    if len(r.vs_bare_runs) < 2:
+        return f"{r.vs_bare * 100:.1f}%"
+    low, high = min(r.vs_bare_runs) * 100, max(r.vs_bare_runs) * 100
+    return f"{r.vs_bare * 100:.1f}% ({low:.0f}-{high:.0f})"
+
+
 def print_results(runs: list[Run], cal: Calibration) -> None:
     """The final tables."""
     headers = ["processes", "workers", "jobs", "wall s", "jobs/s", "speedup", "ideal",
@@ -549,14 +583,15 @@ def print_results(runs: list[Run], cal: Calibration) -> None:
     rows = [
         [r.processes, r.workers, r.jobs, r.wall_s, r.jobs_per_s, r.speedup, r.ideal,
          f"{r.efficiency * 100:.1f}%", r.overhead_ms, r.p50_ms, r.p99_ms, r.bare_jobs_per_s,
-         f"{r.vs_bare * 100:.1f}%" if r.vs_bare == r.vs_bare else "-"]
+         _vs_bare(r)]
         for r in runs
     ]  # fmt: skip
     _common.print_table(headers, rows)
     print(
         f"compute per job: {cal.compute_ms:.2f} ms of CPU (burn({cal.iterations:,}) here); "
         "overhead = wall x processes / jobs - compute; latency = submit to result with "
-        "--window jobs in flight; bare = the same burn calls in plain processes, no queue"
+        "--window jobs in flight; bare = the same burn calls in plain processes, no queue; with "
+        "--repeat, each row is the run of median ratio to bare, the range of all in brackets"
     )
     print()
     print("CPU time per job by process (ms), and what the rest of the machine used meanwhile:")
