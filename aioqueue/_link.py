@@ -65,12 +65,23 @@ def _direct(conn: AbstractConnection) -> bool:
     )
 
 
-async def _exchange(conn: Any, command: bytes) -> Any:
-    """Write ``command`` to ``conn``'s stream and read its one reply (through hiredis)."""
+async def _exchange(conn: Any, command: bytes, before: bytes | None = None) -> Any:
+    """Write ``command`` to ``conn``'s stream and read its one reply (through hiredis); with
+    ``before``, that command is written first and its reply read and dropped."""
     writer = conn._writer
-    writer.write(command)
+    writer.write(command if before is None else before + command)
     if writer.transport.get_write_buffer_size() > _WRITE_HIGH:
         await writer.drain()
+    if before is not None:
+        first = await _read(conn)
+        if isinstance(first, rex.ResponseError):
+            await _read(conn)  # the connection stays in step
+            raise first
+    return await _read(conn)
+
+
+async def _read(conn: Any) -> Any:
+    """Read one reply from ``conn`` (through hiredis); an error reply is returned, not raised."""
     reader = conn._parser._reader
     stream = conn._reader
     reply = reader.gets()
@@ -81,19 +92,26 @@ async def _exchange(conn: Any, command: bytes) -> Any:
                 raise rex.ConnectionError("Connection closed by server.")
             reader.feed(data)
         reply = reader.gets()
-    if isinstance(reply, rex.ResponseError | rex.ConnectionError):
+    if isinstance(reply, rex.ConnectionError):
         raise reply
     return reply
 
 
-async def _timed_exchange(conn: Any, command: bytes) -> Any:
+async def _exchange_checked(conn: Any, command: bytes, before: bytes | None) -> Any:
+    reply = await _exchange(conn, command, before)
+    if isinstance(reply, rex.ResponseError):
+        raise reply
+    return reply
+
+
+async def _timed_exchange(conn: Any, command: bytes, before: bytes | None) -> Any:
     """:func:`_exchange` within the client's ``socket_timeout``, raised as redis-py does."""
     timeout = conn.socket_timeout
     if timeout is None:
-        return await _exchange(conn, command)
+        return await _exchange_checked(conn, command, before)
     try:
         async with asyncio.timeout(timeout):
-            return await _exchange(conn, command)
+            return await _exchange_checked(conn, command, before)
     except TimeoutError:
         raise rex.TimeoutError(f"Timeout reading from {conn._host_error()}") from None
 
@@ -117,28 +135,37 @@ class Link:
         pool = _pool(redis)
         return None if pool is None else cls(pool)
 
-    async def call(self, command: bytes) -> Any:
+    async def call(self, command: bytes, before: bytes | None = None) -> Any:
         """Send one packed command and return its reply; after a lost link, once more on a
         new connection (as the client's own retry does: the caller's commands are safe to
-        re-send).
+        re-send). ``before``: a command sent ahead of it in the same write (a blocking pop, so
+        that the command runs the moment the pop returns), its reply dropped.
 
         :raises redis.exceptions.ResponseError: an error reply (the link stays).
         :raises redis.exceptions.ConnectionError: or TimeoutError: the link was lost twice.
         """
         try:
-            return await self._call(command)
+            return await self._call(command, before)
         except (rex.ConnectionError, rex.TimeoutError, OSError):
-            return await self._call(command)
+            return await self._call(command, before)
 
-    async def _call(self, command: bytes) -> Any:
+    async def _call(self, command: bytes, before: bytes | None) -> Any:
         conn = self._conn
         if conn is None:
             conn = self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
             self._direct = _direct(conn)
         try:
             if self._direct:
-                return await _timed_exchange(conn, command)
-            await conn.send_packed_command(command, check_health=False)
+                return await _timed_exchange(conn, command, before)
+            if before is not None:
+                await conn.send_packed_command(before + command, check_health=False)
+                try:
+                    await conn.read_response()
+                except rex.ResponseError:
+                    await conn.read_response()
+                    raise
+            else:
+                await conn.send_packed_command(command, check_health=False)
             return await conn.read_response()
         except rex.ResponseError:
             raise

@@ -95,21 +95,25 @@ class Scripts:
         args: list[Any],
         receipt: Receipt | None = None,
         link: Link | None = None,
+        before: bytes | None = None,
     ) -> Any:
         if receipt is not None:
             keys = [*keys, receipt.key]
             args = [*args, receipt.call, receipt.ttl_ms]
         if link is None:
             return await call_redis(self._scripts[name](keys=keys, args=args), self.url)
-        return await call_redis(self._on_link(link, name, keys, args), self.url)
+        return await call_redis(self._on_link(link, name, keys, args, before), self.url)
 
-    async def _on_link(self, link: Link, name: str, keys: list[str], args: list[Any]) -> Any:
-        """``EVALSHA`` on a held connection, loading the script if Redis lost it."""
+    async def _on_link(
+        self, link: Link, name: str, keys: list[str], args: list[Any], before: bytes | None = None
+    ) -> Any:
+        """``EVALSHA`` on a held connection (``before`` it, that command: see
+        :meth:`.Link.call`), loading the script if Redis lost it."""
         script = self._scripts[name]
         sha = script.sha if isinstance(script.sha, str) else bytes(script.sha)
         command = pack("EVALSHA", sha, len(keys), *keys, *args)
         try:
-            return await link.call(command)
+            return await link.call(command, before)
         except NoScriptError:
             src = script.script
             await link.call(pack("SCRIPT", "LOAD", src if isinstance(src, str) else bytes(src)))
@@ -272,11 +276,12 @@ class Scripts:
         finish: Sequence[FinishItem] = (),
         dead: tuple[int, int] = (0, 0),
         link: Link | None = None,
+        before: bytes | None = None,
     ) -> tuple[list[int], ClaimReply]:
         """Promote due scheduled jobs and lease up to ``k`` ready ones to ``holder``; record
         ``finish`` outcomes first in the same round trip (``dead``: the retention, ms and
         count). Returns the finish replies (see :meth:`finish`) and what was claimed.
-        ``link``: send it on that held connection.
+        ``link``: send it on that held connection, behind the command ``before`` if given.
 
         The leases' tokens are ``holder:N`` for N from ``receipt.call`` (a number) upwards, so
         the caller advances its call ids by at least ``k`` between claims.
@@ -287,11 +292,12 @@ class Scripts:
                       ks.tat, ks.progress]  # fmt: skip
         claim_args: list[Any] = [k, lease_ms, f"{holder}:", receipt.call, ks.done_channel]
         if not finish:
-            reply = await self._run("claim", claim_keys, claim_args, receipt, link)
+            reply = await self._run("claim", claim_keys, claim_args, receipt, link, before)
             return [], _claim_reply(reply)
         fk, fa = self._finish_call(finish, *dead)
         args = [len(fk), len(fa), *fa, *claim_args]
-        finished, claimed = await self._run("finish_claim", fk + claim_keys, args, receipt, link)
+        keys = fk + claim_keys
+        finished, claimed = await self._run("finish_claim", keys, args, receipt, link, before)
         return [int(r) for r in finished], _claim_reply(claimed)
 
     async def finish(

@@ -4,6 +4,8 @@ script Redis forgot loaded again."""
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
 import redis
@@ -13,6 +15,7 @@ from aioqueue import Queue
 from aioqueue._link import Link, pack
 from aioqueue.scripts import Receipt
 from tests import tasks
+from tests._async import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -66,6 +69,39 @@ async def test_a_reply_later_than_the_socket_timeout_fails_the_call(queue: Queue
     assert await link.call(pack("PING")) == b"PONG"
     await link.aclose()
     await client.aclose()
+
+
+async def test_a_claim_behind_a_blocking_pop_runs_when_the_pop_returns(queue: Queue) -> None:
+    """The fetch loop's wait and its next claim go in one write: Redis runs the claim the
+    moment the pop takes a wake-up token, so the claim leases a job submitted during the wait,
+    and one reply brings it."""
+    link = Link.of(queue.redis)
+    assert link is not None
+    await link.call(pack("PING"))
+    r = Receipt(queue.keys.receipt("wait"), "1", 60_000)
+    blpop = pack("BLPOP", queue.keys.wake, 5)
+    claim = asyncio.ensure_future(queue.scripts.claim(1, 10_000, "w", r, link=link, before=blpop))
+
+    async def blocked() -> bool:
+        return int((await queue.redis.info("clients"))["blocked_clients"]) == 1
+
+    await eventually(blocked, what="the pop to block")
+    job = await queue.submit(tasks.noop)  # its wake-up token ends the pop
+    _, got = await asyncio.wait_for(claim, 5)
+    assert [j.id for j in got.jobs] == [job.id]
+    await link.aclose()
+
+
+async def test_an_error_reply_to_the_command_sent_before_keeps_the_link_in_step(
+    queue: Queue,
+) -> None:
+    link = Link.of(queue.redis)
+    assert link is not None
+    await link.call(pack("SET", "k", "v"))
+    with pytest.raises(rex.ResponseError, match="WRONGTYPE"):
+        await link.call(pack("GET", "k"), before=pack("LPUSH", "k", "x"))
+    assert await link.call(pack("GET", "k")) == b"v"  # the GET's own reply was read and dropped
+    await link.aclose()
 
 
 async def test_scripts_on_a_link_load_themselves_again(queue: Queue) -> None:

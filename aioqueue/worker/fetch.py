@@ -12,9 +12,13 @@ A claim whose reply was lost is re-sent as is, under the same receipt, before an
 then returns the jobs it leased the first time instead of popping others, so no job sits leased
 to a worker that never heard of it.
 
-A claim that got fewer jobs than it asked for emptied the queue: the loop then blocks on the
-wake-up list (a job submitted since left a token there) rather than claim again at once, so
-that on a quiet queue a job costs one claim and one finish, not an extra empty claim.
+A claim that got fewer jobs than it asked for emptied the queue: the next claim then waits on
+the wake-up list (a job submitted since left a token there) rather than run at once, so that on
+a quiet queue a job costs one claim and one finish, not an extra empty claim. The wait and the
+claim go in one write on the loop's held connection, the blocking pop first: Redis runs the
+claim the moment the pop returns, and the worker wakes once, to the claim's jobs, instead of
+once for the token and again for the jobs. Such a claim carries no outcomes (they would wait
+as long as the pop does): the finisher writes those.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class _Claim:
     receipt: Receipt
     k: int
     outcomes: list[Pending]
+    wait: float | None = None  # seconds to block on the wake-up list first, in the same write
 
 
 class Fetcher:
@@ -77,27 +82,33 @@ class Fetcher:
         """Send the unanswered claim (re-sent as is until Redis answers it)."""
         w, c = self.w, self.unanswered
         assert c is not None
+        before = None if c.wait is None else pack("BLPOP", w.keys.wake, c.wait)
+        c.wait = None  # sent: if it must be sent again, the claim goes at once
+        items = [p.item for p in c.outcomes]
         replies, claim = await w.scripts.claim(
-            c.k, w.lease_ms, w.id, c.receipt, [p.item for p in c.outcomes], w.dead, self.link
+            c.k, w.lease_ms, w.id, c.receipt, items, w.dead, self.link, before
         )
         self.unanswered = None
         w.finisher.settle(c.outcomes, replies)
         return claim
 
-    def _new_claim(self, k: int) -> None:
+    def _new_claim(self, k: int, wait: float | None) -> None:
         w = self.w
-        self.unanswered = _Claim(w.fetch_channel.next(k), k, w.finisher.take())
+        outcomes = w.finisher.take() if wait is None else []
+        self.unanswered = _Claim(w.fetch_channel.next(k), k, outcomes, wait)
 
     async def run(self) -> None:
         w, s = self.w, self.w.settings
         backoff = Backoff(cap=1.0)  # resume within about a second of Redis coming back
+        wait: float | None = None  # the next claim waits on the wake-up list this long first
         while not w.stopping.is_set():
             if self.unanswered is None:
                 free = self._free()
                 if free <= 0:
                     await w.wait_change()
                     continue
-                self._new_claim(free)
+                self._new_claim(free, wait)
+                wait = None
             asked = self.unanswered.k if self.unanswered is not None else 0
             try:
                 claim = await self._send()
@@ -108,14 +119,14 @@ class Fetcher:
                 if len(claim.jobs) + claim.stale >= asked:
                     continue  # there may be more
                 if claim.jobs:  # the queue is empty now; a job submitted since left a token
-                    await self._block(claim.next_due_ms)
+                    wait = await self._block(claim.next_due_ms)
                     continue
                 if s.burst and not w.running and await w.queue_empty():
                     log.info("burst: queue empty, stopping")
                     w.stopping.set()
                     return
                 # paused: due jobs wait anyway, so only a resume (or the timeout) ends the wait
-                await self._block(-1 if claim.paused else claim.next_due_ms)
+                wait = await self._block(-1 if claim.paused else claim.next_due_ms)
             except Exception as exc:
                 w.outage.failed("fetching jobs", exc)
                 await backoff.sleep()
@@ -140,27 +151,30 @@ class Fetcher:
         for held in [w.adopt(job) for job in claim.jobs]:
             w.start(held)
 
-    async def _block(self, next_due_ms: int) -> None:
+    async def _block(self, next_due_ms: int) -> float | None:
+        """Wait before the next claim: until the next delayed job is due, if it is within
+        Redis's resolution; else return how long the claim is to wait on the wake-up list (or,
+        with no held connection, wait on it here)."""
         w = self.w
         timeout = w.settings.block_timeout
         if next_due_ms >= 0:
             due = next_due_ms / 1000
             if due <= BLOCK_RESOLUTION:
                 await anyio.sleep(due)
-                return
+                return None
             timeout = min(timeout, due - BLOCK_RESOLUTION)
         timeout = max(timeout, 0.01)
-        if self.link is None:
-            await w.redis.blpop([w.keys.wake], timeout=timeout)
-        else:
-            blpop = self.link.call(pack("BLPOP", w.keys.wake, timeout))
-            await call_redis(blpop, w.queue.redis_url)
+        if self.link is not None:
+            return timeout
+        await call_redis(w.redis.blpop([w.keys.wake], timeout=timeout), w.queue.redis_url)
+        return None
 
     async def settle(self, timeout: float) -> None:
         """On the way out: get the answer to a claim cut short, and hand its jobs back."""
         if self.unanswered is None:
             return
         w = self.w
+        self.unanswered.wait = None  # no waiting on the way out
         backoff = Backoff(cap=1.0)
         with anyio.move_on_after(timeout):
             while True:
