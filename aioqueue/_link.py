@@ -37,7 +37,7 @@ from redis._parsers import hiredis as _hiredis_parser
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-__all__ = ("Link", "Links", "pack")
+__all__ = ("Link", "Links", "direct", "next_message", "pack")
 
 
 def _pool(redis: Redis) -> ConnectionPool | None:
@@ -53,7 +53,7 @@ _READ_SIZE = 65536
 _WRITE_HIGH = 65536  # bytes waiting in the socket's buffer before a call waits for them to go
 
 
-def _direct(conn: AbstractConnection) -> bool:
+def direct(conn: AbstractConnection) -> bool:
     """May calls on ``conn`` go straight to its stream and its hiredis reader?"""
     parser = getattr(conn, "_parser", None)
     return (
@@ -80,12 +80,13 @@ async def _exchange(conn: Any, command: bytes, before: bytes | None = None) -> A
     return await _read(conn)
 
 
-async def _read(conn: Any) -> Any:
-    """Read one reply from ``conn`` (through hiredis); an error reply is returned, not raised."""
+async def _read(conn: Any, push: Any = _Push) -> Any:
+    """Read one reply from ``conn`` (through hiredis), skipping RESP3 push messages (``push``:
+    their type, or ``()`` to return them); an error reply is returned, not raised."""
     reader = conn._parser._reader
     stream = conn._reader
     reply = reader.gets()
-    while reply is _NOT_ENOUGH_DATA or isinstance(reply, _Push):
+    while reply is _NOT_ENOUGH_DATA or isinstance(reply, push):
         if reply is _NOT_ENOUGH_DATA:
             data = await stream.read(_READ_SIZE)
             if not data:
@@ -95,6 +96,17 @@ async def _read(conn: Any) -> Any:
     if isinstance(reply, rex.ConnectionError):
         raise reply
     return reply
+
+
+async def next_message(conn: Any, timeout: float) -> Any:
+    """The next message on a subscribed connection (one for which :func:`direct` is true), as
+    hiredis gives it (``[b"message", channel, data]`` and the like); None after ``timeout``
+    seconds of silence. What was read of a message cut short stays in the reader."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read(conn, ())  # in RESP3, the messages are pushes
+    except TimeoutError:
+        return None
 
 
 async def _exchange_checked(conn: Any, command: bytes, before: bytes | None) -> Any:
@@ -153,7 +165,7 @@ class Link:
         conn = self._conn
         if conn is None:
             conn = self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
-            self._direct = _direct(conn)
+            self._direct = direct(conn)
         try:
             if self._direct:
                 return await _timed_exchange(conn, command, before)

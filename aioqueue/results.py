@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from redis import exceptions as rex
 from redis.asyncio.client import PubSub
 
+from ._link import direct, next_message
 from ._redis import TRANSIENT, as_error, call_redis, safe_url
 from ._redis import to_str as _str
 from .errors import JobNotFound
@@ -29,6 +30,7 @@ RECENT_FINISHED = 10_000  # finished ids remembered for waits that come after th
 POLL_INTERVAL = 0.25  # seconds between checks of all waited-for ids when subscribing is refused
 SUBSCRIBE_TIMEOUT = 10.0  # seconds to wait for Redis to confirm a SUBSCRIBE
 IDLE_PING = 10.0  # seconds without a message before the link is checked with a PING
+LISTEN_TIMEOUT = 5.0  # seconds one read of the subscription waits; silence is counted in these
 _REFUSED_CREDENTIALS = (rex.AuthenticationError, rex.AuthorizationError)
 
 
@@ -207,11 +209,26 @@ class Results:
         self._check(list(self._waiters))  # messages may have been missed: check all
 
     async def _receive(self, pubsub: PubSub) -> None:
+        """Hand each message to :meth:`_finished`; PING the link after :data:`IDLE_PING`
+        seconds of silence. Where the connection reads through hiredis, messages are read
+        straight from it (redis-py's ``get_message`` costs more than the rest of a result's
+        wait, per message)."""
+        conn = pubsub.connection
+        fast = conn is not None and direct(conn)
         idle = 0.0
         while True:
-            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            if fast:
+                raw = await next_message(conn, LISTEN_TIMEOUT)
+                msg = None
+                if raw is not None:  # a PING's answer is a message too: the link is alive
+                    kind = raw[0] if isinstance(raw, list) and len(raw) == 3 else b"pong"
+                    msg = {"type": _str(kind), "data": raw[-1]}
+            else:
+                msg = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=LISTEN_TIMEOUT
+                )
             if msg is None:
-                idle += 5.0
+                idle += LISTEN_TIMEOUT
                 if idle >= IDLE_PING:
                     await pubsub.ping()  # find a silently dead link
                     idle = 0.0

@@ -131,6 +131,29 @@ async def test_failure_outcome_raises_job_failed(queue: Queue, ar: aredis.Redis)
         await wait
 
 
+async def test_a_quiet_subscription_is_pinged_and_still_delivers(
+    queue: Queue, ar: aredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After IDLE_PING seconds without a message the listener PINGs its link; the answer is
+    read like a message and ignored, and the next finish message still reaches its waiter."""
+    monkeypatch.setattr(results_module, "LISTEN_TIMEOUT", 0.02)
+    monkeypatch.setattr(results_module, "IDLE_PING", 0.04)
+    await add_jobs(ar, queue, ["quiet"])
+    wait = asyncio.create_task(queue.job("quiet").result(timeout=GUARD))
+    await eventually(lambda: queue._results.mode == "subscribed", what="subscription")
+    before = await calls(ar, "ping")
+    await eventually(
+        lambda: _more(calls(ar, "ping"), before + 2), what="two PINGs from the listener"
+    )
+    assert not wait.done()
+    assert await finish(ar, queue, {"quiet": "heard"}) == 1
+    assert await wait == "heard"
+
+
+async def _more(count: Any, than: int) -> bool:
+    return int(await count) >= than
+
+
 async def test_resubscribe_after_the_link_drops_loses_nothing(
     queue: Queue, ar: aredis.Redis
 ) -> None:
