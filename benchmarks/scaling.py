@@ -565,6 +565,13 @@ def measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def children_busy(r: Run) -> float:
+    """The share of the run's wall time that its children spent on the CPU (their CPU time
+    over wall time x processes)."""
+    children_ms = r.cpu_ms_per_job.get("children", float("nan")) * r.jobs
+    return children_ms / 1000 / (r.wall_s * r.processes)
+
+
 def _vs_bare(r: Run) -> str:
     """The row's ratio to bare, and the range over its repeats when there were several."""
     if r.vs_bare != r.vs_bare:
@@ -597,13 +604,18 @@ def print_results(runs: list[Run], cal: Calibration) -> None:
     print("CPU time per job by process (ms), and what the rest of the machine used meanwhile:")
     _common.print_table(
         ["processes", "workers", *[f"{g} ms" for g in CPU_GROUPS], "sum ms",
-         "other load (cores)"],
+         "children busy", "other load (cores)"],
         [
             [r.processes, r.workers, *[r.cpu_ms_per_job.get(g, float("nan")) for g in CPU_GROUPS],
-             sum(r.cpu_ms_per_job.values()), r.others_cores]
+             sum(r.cpu_ms_per_job.values()), f"{children_busy(r) * 100:.1f}%", r.others_cores]
             for r in runs
         ],
     )  # fmt: skip
+    print(
+        "children busy: the children's CPU time over wall time x processes, what bare processes "
+        "reach by construction; unlike the ratio to bare runs made at other moments, it does "
+        "not move with the machine's speed"
+    )
 
 
 if __name__ == "__main__":
