@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import aioqueue.testing
 from aioqueue import Queue
+from aioqueue.worker.metrics import _Hist
 from tests import tasks
 from tests._async import eventually
 from tests.conftest import StartWorker
@@ -273,3 +274,15 @@ async def test_scrape_cost(queue: Queue, start_worker: StartWorker) -> None:
 
     took = await anyio.to_thread.run_sync(hundred)
     print(f"\nscrape cost: {took * 10:.2f} ms per scrape (100 scrapes in {took:.3f} s)")
+
+
+def test_histogram_buckets_count_each_observation_once_bounds_included() -> None:
+    """A job's seconds land in the first bucket whose bound is at least that (Prometheus's
+    ``le``); the exposition's buckets are cumulative and end at +Inf with the count."""
+    h = _Hist()
+    for seconds in (0.001, 0.005, 0.0051, 3.0, 1e9):
+        h.observe(seconds)
+    buckets = dict(h.buckets())
+    assert (buckets["0.005"], buckets["0.01"], buckets["2.5"], buckets["5.0"]) == (2, 3, 3, 4)
+    assert buckets["1800.0"] == 4 and buckets["+Inf"] == 5
+    assert h.sum == pytest.approx(1e9 + 3.0111)

@@ -1,9 +1,13 @@
 """A worker's Prometheus metrics: job counters and timings per task, state read at scrape time.
 
-Job events cost one counter increment each (the series of a task are bound once, on its first
-job) and never a Redis call. What the worker knows (lease losses, fenced outcomes, child
-restarts, its processes) is read from its state when scraped; the queue's depth and the age of
-its oldest pending job are read from Redis then too, in one script call.
+Job events cost one increment of a plain number each (the series of a task are made once, on
+its first job; histograms find their bucket by bisection) and never a Redis call: the worker's
+loop is the only writer, and a scrape, served on that loop too, turns them into metric families.
+prometheus_client's own Counter and Histogram take a lock and check their labels on every
+event: eight calls a job that stood out in profiles of the worker. What the worker knows (lease
+losses, fenced outcomes, child restarts, its processes) is read from its state when scraped;
+the queue's depth and the age of its oldest pending job are read from Redis then too, in one
+script call.
 
 Every metric carries a ``queue`` label; job metrics carry ``task`` too, which is the task's
 name, or ``unknown`` for a job whose task the queue does not register (so that junk names can't
@@ -12,6 +16,7 @@ grow the series without bound).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import socket
@@ -21,11 +26,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 import anyio
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -44,6 +50,7 @@ BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
     600.0, 1800.0, float("inf"),
 )  # fmt: skip
+_LE = tuple("+Inf" if b == float("inf") else repr(b) for b in BUCKETS)  # the buckets' labels
 PRIORITY_LEVELS = 32  # the most priority levels the oldest-pending read looks at
 READ_TIMEOUT = 2.0  # seconds a scrape waits for Redis before it leaves the queue's gauges out
 
@@ -76,19 +83,65 @@ class QueueSnapshot:
     paused: bool = False
 
 
+class _Count:
+    """A counter of job events."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def inc(self) -> None:
+        self.n += 1
+
+
+class _Hist:
+    """A histogram of seconds over :data:`BUCKETS` (counts per bucket, not cumulative)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(BUCKETS)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative, as the exposition has them."""
+        total, out = 0, list[tuple[str, float]]()
+        for le, n in zip(_LE, self.counts, strict=True):
+            total += n
+            out.append((le, total))
+        return out
+
+
 class _TaskSeries:
-    """The series of one task, bound once so that a job event is one increment."""
+    """The series of one task."""
 
     __slots__ = ("started", "succeeded", "failed", "retried", "dead", "run", "wait")
 
-    def __init__(self, m: Metrics, queue: str, task: str) -> None:
-        self.started = m.started.labels(queue, task)
-        self.succeeded = m.succeeded.labels(queue, task)
-        self.failed = m.failed.labels(queue, task)
-        self.retried = m.retried.labels(queue, task)
-        self.dead = m.dead.labels(queue, task)
-        self.run = m.run_seconds.labels(queue, task)
-        self.wait = m.wait_seconds.labels(queue, task)
+    def __init__(self) -> None:
+        self.started, self.succeeded, self.failed = _Count(), _Count(), _Count()
+        self.retried, self.dead = _Count(), _Count()
+        self.run, self.wait = _Hist(), _Hist()
+
+
+#: (attribute of a task's series, metric name, help) for each job counter, then histogram
+_COUNTERS = (
+    ("started", "aioqueue_jobs_started", "Attempts given to a child process"),
+    ("succeeded", "aioqueue_jobs_succeeded", "Jobs completed, as recorded in Redis"),
+    ("failed", "aioqueue_jobs_failed",
+     "Attempts that failed (retried or dead-lettered), as recorded in Redis"),
+    ("retried", "aioqueue_jobs_retried", "Failed attempts scheduled to run again"),
+    ("dead", "aioqueue_jobs_dead", "Jobs dead-lettered (no retries left, or unrunnable)"),
+)  # fmt: skip
+_HISTOGRAMS = (
+    ("run", "aioqueue_job_run_seconds", "Seconds a child ran an attempt"),
+    ("wait", "aioqueue_job_wait_seconds",
+     "Seconds from a job's submission (the producer's wall clock) to its first claim"),
+)  # fmt: skip
 
 
 class Metrics:
@@ -98,40 +151,10 @@ class Metrics:
         self.w = worker
         self.queue = worker.queue.name
         self.registry = r = CollectorRegistry()
-        labels = ("queue", "task")
-        self.started = Counter(
-            "aioqueue_jobs_started", "Attempts given to a child process", labels, registry=r
-        )
-        self.succeeded = Counter(
-            "aioqueue_jobs_succeeded", "Jobs completed, as recorded in Redis", labels, registry=r
-        )
-        self.failed = Counter(
-            "aioqueue_jobs_failed",
-            "Attempts that failed (retried or dead-lettered), as recorded in Redis",
-            labels,
-            registry=r,
-        )
-        self.retried = Counter(
-            "aioqueue_jobs_retried", "Failed attempts scheduled to run again", labels, registry=r
-        )
-        self.dead = Counter(
-            "aioqueue_jobs_dead", "Jobs dead-lettered (no retries left, or unrunnable)", labels,
-            registry=r,
-        )  # fmt: skip
-        self.run_seconds = Histogram(
-            "aioqueue_job_run_seconds", "Seconds a child ran an attempt", labels,
-            buckets=BUCKETS, registry=r,
-        )  # fmt: skip
-        self.wait_seconds = Histogram(
-            "aioqueue_job_wait_seconds",
-            "Seconds from a job's submission (the producer's wall clock) to its first claim",
-            labels,
-            buckets=BUCKETS,
-            registry=r,
-        )
         self._series: dict[str, _TaskSeries] = {}
         self._unknown: _TaskSeries | None = None
         self.snapshot: QueueSnapshot | None = None
+        r.register(_JobCollector(self))
         r.register(_StateCollector(self))
 
     def add_process_metrics(self) -> None:
@@ -145,10 +168,17 @@ class Metrics:
             return series
         if name not in self.w.queue.tasks:
             if self._unknown is None:
-                self._unknown = _TaskSeries(self, self.queue, UNKNOWN_TASK)
+                self._unknown = _TaskSeries()
             return self._unknown
-        series = self._series[name] = _TaskSeries(self, self.queue, name)
+        series = self._series[name] = _TaskSeries()
         return series
+
+    def series(self) -> list[tuple[str, _TaskSeries]]:
+        """Each task's series by its label, ``unknown`` last."""
+        out = list(self._series.items())
+        if self._unknown is not None:
+            out.append((UNKNOWN_TASK, self._unknown))
+        return out
 
     async def read_queue(self) -> QueueSnapshot | None:
         """The queue's counts and oldest pending age in one script call, or None when Redis
@@ -170,6 +200,27 @@ class Metrics:
         self.snapshot = await self.read_queue()
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+
+class _JobCollector(Collector):
+    """The job counters and timings, per task."""
+
+    def __init__(self, m: Metrics) -> None:
+        self.m = m
+
+    def collect(self) -> Iterable[Metric]:
+        q, series = self.m.queue, self.m.series()
+        for attr, name, doc in _COUNTERS:
+            counter = CounterMetricFamily(name, doc, labels=["queue", "task"])
+            for task, s in series:
+                counter.add_metric([q, task], getattr(s, attr).n)
+            yield counter
+        for attr, name, doc in _HISTOGRAMS:
+            hist = HistogramMetricFamily(name, doc, labels=["queue", "task"])
+            for task, s in series:
+                h: _Hist = getattr(s, attr)
+                hist.add_metric([q, task], h.buckets(), h.sum)
+            yield hist
 
 
 class _StateCollector(Collector):

@@ -373,6 +373,8 @@ class Pool:
         if self._waiting or self._closing or self.broken is not None:
             return
         idle = sum(1 for c in self._live if not c.jobs and c.room(self.max_tasks_per_child))
+        if idle <= self._steals:
+            return  # no child to take one over (the usual case: every child busy)
         now = time.monotonic()
         taken, recheck = takeovers(self._live, idle - self._steals, now, STEAL_AFTER)
         for work in taken:
