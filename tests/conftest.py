@@ -27,6 +27,13 @@ FAST = [
 ]  # fmt: skip
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one test process more than there are cores. Most tests spend their time
+    waiting for worker processes and Redis, so with one per core the cores sit partly idle
+    (on 2 cores: 58 s for the suite, against 53 s with 3 test processes)."""
+    return (os.cpu_count() or 1) + 1
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
