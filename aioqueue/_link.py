@@ -67,17 +67,20 @@ def direct(conn: AbstractConnection) -> bool:
 
 async def _exchange(conn: Any, command: bytes, before: bytes | None = None) -> Any:
     """Write ``command`` to ``conn``'s stream and read its one reply (through hiredis); with
-    ``before``, that command is written first and its reply read and dropped."""
+    ``before``, that command is written first and its reply read and dropped.
+
+    :raises redis.exceptions.ResponseError: an error reply to either (both replies read).
+    """
     writer = conn._writer
     writer.write(command if before is None else before + command)
     if writer.transport.get_write_buffer_size() > _WRITE_HIGH:
         await writer.drain()
-    if before is not None:
-        first = await _read(conn)
-        if isinstance(first, rex.ResponseError):
-            await _read(conn)  # the connection stays in step
-            raise first
-    return await _read(conn)
+    first = None if before is None else await _read(conn)
+    reply = await _read(conn)
+    for r in (first, reply):
+        if isinstance(r, rex.ResponseError):
+            raise r
+    return reply
 
 
 async def _read(conn: Any, push: Any = _Push) -> Any:
@@ -109,21 +112,14 @@ async def next_message(conn: Any, timeout: float) -> Any:
         return None
 
 
-async def _exchange_checked(conn: Any, command: bytes, before: bytes | None) -> Any:
-    reply = await _exchange(conn, command, before)
-    if isinstance(reply, rex.ResponseError):
-        raise reply
-    return reply
-
-
 async def _timed_exchange(conn: Any, command: bytes, before: bytes | None) -> Any:
     """:func:`_exchange` within the client's ``socket_timeout``, raised as redis-py does."""
     timeout = conn.socket_timeout
     if timeout is None:
-        return await _exchange_checked(conn, command, before)
+        return await _exchange(conn, command, before)
     try:
         async with asyncio.timeout(timeout):
-            return await _exchange_checked(conn, command, before)
+            return await _exchange(conn, command, before)
     except TimeoutError:
         raise rex.TimeoutError(f"Timeout reading from {conn._host_error()}") from None
 
