@@ -217,25 +217,26 @@ class Results:
         fast = conn is not None and direct(conn)
         idle = 0.0
         while True:
-            if fast:
+            if fast:  # hiredis's list; a PING's answer counts too: the link is alive
                 raw = await next_message(conn, LISTEN_TIMEOUT)
-                msg = None
-                if raw is not None:  # a PING's answer is a message too: the link is alive
-                    kind = raw[0] if isinstance(raw, list) and len(raw) == 3 else b"pong"
-                    msg = {"type": _str(kind), "data": raw[-1]}
+                heard = raw is not None
+                is_message = isinstance(raw, list) and len(raw) == 3 and raw[0] == b"message"
+                data = raw[2] if is_message else None
             else:
                 msg = await pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=LISTEN_TIMEOUT
                 )
-            if msg is None:
+                heard = msg is not None
+                data = msg["data"] if msg is not None and msg.get("type") == "message" else None
+            if not heard:
                 idle += LISTEN_TIMEOUT
                 if idle >= IDLE_PING:
                     await pubsub.ping()  # find a silently dead link
                     idle = 0.0
                 continue
             idle = 0.0
-            if msg.get("type") == "message":
-                self._finished(msg["data"])
+            if data is not None:
+                self._finished(data)
 
     def room(self) -> asyncio.Event:
         """An event set when a claim next makes room in a full queue (the listener is started

@@ -83,12 +83,9 @@ def calibrate(target_ms: float, rounds: int = 5) -> Calibration:
         if (time.thread_time() - t) * 1000 >= target_ms / 4:
             break
         iterations *= 4
-    for _ in range(2):
-        samples, _ = _time_burn(iterations, rounds)
-        iterations = max(1, round(iterations * target_ms / percentile(samples, 50)))
     samples, walls = _time_burn(iterations, rounds)
-    for _ in range(4):  # the machine's speed changed while calibrating: once more from here
-        if abs(percentile(samples, 50) / target_ms - 1) <= 0.1:
+    for i in range(6):  # twice at least; more while the machine's speed moves it off target
+        if i >= 2 and abs(percentile(samples, 50) / target_ms - 1) <= 0.1:
             break
         iterations = max(1, round(iterations * target_ms / percentile(samples, 50)))
         samples, walls = _time_burn(iterations, rounds)

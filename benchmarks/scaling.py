@@ -309,8 +309,8 @@ def summarize(
 def median_run(tries: list[Run]) -> Run:
     """The run whose ratio to its bare run is the median of ``tries`` (by rate without bare
     runs), with every try's ratio kept on it."""
-    key = (lambda r: r.jobs_per_s) if any(r.vs_bare != r.vs_bare for r in tries) else None
-    ranked = sorted(tries, key=key or (lambda r: r.vs_bare))
+    no_bare = any(r.vs_bare != r.vs_bare for r in tries)  # NaN: --no-bare
+    ranked = sorted(tries, key=lambda r: r.jobs_per_s if no_bare else r.vs_bare)
     run = ranked[(len(ranked) - 1) // 2]
     run.vs_bare_runs = [r.vs_bare for r in tries]
     return run

@@ -174,7 +174,6 @@ class Fetcher:
         if self.unanswered is None:
             return
         w = self.w
-        self.unanswered.wait = None  # no waiting on the way out
         backoff = Backoff(cap=1.0)
         with anyio.move_on_after(timeout):
             while True:
