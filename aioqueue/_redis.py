@@ -1,33 +1,18 @@
-"""Mapping of Redis client errors to aioqueue's own, with the URL (password hidden) named."""
+"""Mapping of Redis client errors to aioqueue's own, with the URL (password hidden) named.
+
+redis-py's error classes are looked at only once a call has failed, so this module loads no
+client: a process that never talks to Redis (a worker's child) doesn't load redis-py.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable
 from typing import Any
 
-from redis import exceptions as rex
+from .errors import AioqueueError, RedisOutOfMemory, RedisRefused, RedisUnavailable
+from .urls import safe_url
 
-from .connect import CLUSTER_RETRY_ON, SCHEMES, parse
-from .errors import AioqueueError, InvalidOptions, RedisOutOfMemory, RedisRefused, RedisUnavailable
-
-__all__ = (
-    "SCHEMES",
-    "as_error",
-    "call_redis",
-    "check_url",
-    "is_transient",
-    "safe_url",
-    "to_str",
-)
-
-#: A lost link, Redis loading, and on a cluster a failover or slot move under way.
-TRANSIENT: tuple[type[Exception], ...] = (*CLUSTER_RETRY_ON, OSError)
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+__all__ = ("as_error", "call_redis", "to_str")
 
 
 def to_str(v: bytes | str) -> str:
@@ -35,30 +20,12 @@ def to_str(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True for errors that a reconnect with backoff can cure (lost link, Redis loading)."""
-    return isinstance(exc, TRANSIENT)
-
-
-def check_url(url: str) -> str:
-    """Return ``url`` if the Redis client accepts it.
-
-    :raises InvalidOptions: naming the URL (password hidden) and what is wrong with it.
-    """
-    if not isinstance(url, str) or not url.lower().startswith(SCHEMES):
-        raise InvalidOptions(
-            f"redis_url {safe_url(str(url))!r} is not a Redis URL: "
-            f"use one of the schemes {', '.join(SCHEMES)}"
-        )
-    try:
-        parse(url)
-    except ValueError as exc:
-        raise InvalidOptions(f"redis_url {safe_url(url)!r} is invalid: {exc}") from None
-    return url
-
-
 def as_error(exc: Exception, url: str) -> Exception:
     """aioqueue's error for a Redis client error (any other exception is returned as is)."""
+    from redis import exceptions as rex  # loaded by now: a client raised it
+
+    from .connect import TRANSIENT
+
     where = f"Redis at {safe_url(url)}"
     if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
         return RedisUnavailable(f"{where} refused the credentials: {type(exc).__name__}: {exc}")
@@ -93,5 +60,8 @@ async def call_redis(aw: Awaitable[Any], url: str) -> Any:
     """
     try:
         return await aw
-    except (rex.RedisError, rex.RedisClusterException, OSError) as exc:
-        raise as_error(exc, url) from exc
+    except Exception as exc:
+        error = as_error(exc, url)
+        if error is exc:  # not the client's: as it came
+            raise
+        raise error from exc

@@ -18,8 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NamedTuple, NoReturn
 
 from ._imports import import_queue
-from ._redis import check_url
 from .errors import InvalidOptions
+from .urls import check_url
 from .worker import Worker, WorkerSettings
 from .worker.logs import configure as configure_logging
 from .worker.settings import OPTIONS

@@ -1,17 +1,8 @@
 """The one client factory: a Redis URL in, the asyncio client that serves it out.
 
-Three kinds of URL:
-
-* ``redis://``, ``rediss://``, ``unix://``: one server, in redis-py's own URL format;
-* ``redis+cluster://[user:pass@]host:port[,host:port...]`` (``rediss+cluster://`` with TLS): a
-  Redis Cluster, found through any of the nodes named (default port 6379);
-* ``redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE[/DB]``
-  (``rediss+sentinel://``): the master that the Sentinels at those addresses name for
-  ``SERVICE`` (default port 26379). The credentials are the master's; Sentinels that ask for
-  their own take ``?sentinel_username=...&sentinel_password=...``.
-
-Other query options (``?ssl_cert_reqs=none``, ``?client_name=...``) go to every connection, as
-in redis-py's URLs, and win over the settings below.
+The URL is one of the three kinds :mod:`aioqueue.urls` reads (one server, a Redis Cluster,
+a master found through Sentinel); its query options go to every connection and win over the
+settings below.
 
 Whatever the kind, the client behaves the same for aioqueue: at most ``max_connections``
 commands in flight, callers beyond that waiting for one to end; a command whose connection is
@@ -28,37 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass, field
-from typing import Any, Literal, cast
-from urllib.parse import parse_qsl, unquote, urlencode
+from typing import Any, cast
 
 from redis import exceptions as rex
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
-from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 
-__all__ = ("CLUSTER_RETRY_ON", "RETRY_ON", "SCHEMES", "Target", "client", "parse")
+from .urls import Target, parse
 
-Kind = Literal["server", "cluster", "sentinel"]
-
-SCHEMES = (
-    "redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://",
-    "redis+sentinel://", "rediss+sentinel://",
-)  # fmt: skip
-_KINDS: dict[str, Kind] = {
-    "redis": "server", "rediss": "server", "unix": "server",
-    "redis+cluster": "cluster", "rediss+cluster": "cluster",
-    "redis+sentinel": "sentinel", "rediss+sentinel": "sentinel",
-}  # fmt: skip
-_DEFAULT_PORT = {"cluster": 6379, "sentinel": 26379}
-_EXAMPLE = {
-    "cluster": "redis+cluster://host1:6379,host2:6379",
-    "sentinel": "redis+sentinel://host1:26379,host2:26379/mymaster",
-}
-_SENTINEL_AUTH = ("sentinel_username", "sentinel_password")
+__all__ = ("CLUSTER_RETRY_ON", "RETRY_ON", "TRANSIENT", "client")
 
 #: Errors that a retry may cure: a lost connection or Redis loading (BusyLoadingError is a
 #: ConnectionError), and on a cluster a failover or a slot move under way (CLUSTERDOWN, TRYAGAIN,
@@ -67,95 +39,12 @@ RETRY_ON: tuple[type[Exception], ...] = (rex.ConnectionError, rex.TimeoutError)
 CLUSTER_RETRY_ON: tuple[type[Exception], ...] = (
     *RETRY_ON, rex.ClusterError, rex.TryAgainError, rex.SlotNotCoveredError,
 )  # fmt: skip
+#: A lost link, Redis loading, and on a cluster a failover or slot move under way.
+TRANSIENT: tuple[type[Exception], ...] = (*CLUSTER_RETRY_ON, OSError)
 _BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
 #: Connections per cluster node beyond ``max_connections`` (which bounds commands in flight):
 #: room for a pub/sub subscription and a pipeline, which don't count as commands.
 _NODE_HEADROOM = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A parsed URL: which kind of deployment, and how to reach it.
-
-    :ivar nodes: the cluster nodes or the Sentinels named (none for a single server).
-    :ivar service: the Sentinel service name.
-    :ivar options: connection settings as redis-py names them: credentials, TLS, query options.
-    :ivar sentinel: the Sentinels' own credentials.
-    """
-
-    kind: Kind
-    nodes: tuple[tuple[str, int], ...] = ()
-    service: str | None = None
-    db: int = 0
-    tls: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-    sentinel: dict[str, Any] = field(default_factory=dict)
-
-
-def parse(url: str) -> Target:
-    """Parse a Redis URL of any of the :data:`SCHEMES`.
-
-    :raises ValueError: saying what is wrong with it.
-    """
-    scheme, sep, rest = url.partition("://")
-    kind = _KINDS.get(scheme.lower()) if sep else None
-    if kind is None:
-        raise ValueError(f"use one of the schemes {', '.join(SCHEMES)}")
-    if kind == "server":
-        return Target("server", options=dict(parse_url(url)))
-    tls = scheme.lower().startswith("rediss")
-    rest = rest.partition("#")[0]
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not hosts:
-        what = "node" if kind == "cluster" else "Sentinel"
-        raise ValueError(f"name at least one {what} as host:port, as in {_EXAMPLE[kind]}")
-    nodes = tuple(_node(h, _DEFAULT_PORT[kind]) for h in hosts.split(","))
-    pairs = parse_qsl(query, keep_blank_values=True)
-    sentinel = {k: v for k, v in pairs if k in _SENTINEL_AUTH and v}
-    rebuilt = f"{'rediss' if tls else 'redis'}://{userinfo}{at}localhost"
-    rebuilt += "/?" + urlencode([(k, v) for k, v in pairs if k not in _SENTINEL_AUTH])
-    options = dict(parse_url(rebuilt))
-    for name in ("host", "port", "connection_class"):
-        options.pop(name, None)
-    db = int(cast(int, options.pop("db", 0) or 0))
-    service = None
-    if kind == "cluster":
-        if path not in ("", "0") or db:
-            raise ValueError("a cluster has only db 0: name no db")
-    else:
-        parts = path.split("/")
-        service = unquote(parts[0])
-        if not service:
-            raise ValueError(f"name the Sentinel service after the hosts, as in {_EXAMPLE[kind]}")
-        if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
-            raise ValueError(f"only a db number may follow the service name, got '/{path}'")
-        if len(parts) == 2:
-            db = int(parts[1])
-    return Target(kind, nodes, service, db, tls, options, sentinel)
-
-
-def _node(text: str, default_port: int) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6 address]:port`` as (host, port)."""
-    if not text:
-        raise ValueError("the list of hosts has an empty entry")
-    if text.startswith("["):
-        host, close, port = text[1:].partition("]")
-        if not close or (port and not port.startswith(":")):
-            raise ValueError(f"{text!r} is not [address]:port")
-        port = port[1:]
-    elif text.count(":") > 1:
-        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as in [::1]:6379")
-    else:
-        host, _, port = text.partition(":")
-    if not host:
-        raise ValueError(f"{text!r} has no host")
-    if not port:
-        return unquote(host), default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r} has no valid port (1-65535)")
-    return unquote(host), int(port)
 
 
 def client(

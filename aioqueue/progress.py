@@ -15,12 +15,13 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from redis.asyncio.client import PubSub
 
 from . import wire
 from ._redis import as_error, call_redis
 
 if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
     from .queue import Queue
 
 __all__ = ("follow", "last_report")

@@ -1,4 +1,9 @@
-"""The producer side: ``Queue`` registers tasks, submits jobs and manages dead letters."""
+"""The producer side: ``Queue`` registers tasks, submits jobs and manages dead letters.
+
+A queue loads the Redis client (redis-py, and the modules of aioqueue built on it) when it first
+needs Redis, not when it is made: a worker's children import the task module, which makes the
+queue, and run its tasks without ever talking to Redis (see :func:`.urls.schemes_only`).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,14 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 import msgspec
-from redis.asyncio import Redis
 
-from . import connect, wire
+from . import wire
 from ._cancel import cancel_jobs, envelopes, matching
 from ._coalesce import Coalescer, Prepared, Reply, prepare
-from ._redis import call_redis, check_url
+from ._redis import call_redis
 from .errors import (
     AioqueueError,
     InvalidOptions,
@@ -28,11 +32,17 @@ from .info import DeadLetter, QueueInfo
 from .job import Job, JobStatus, status_of
 from .keys import REGISTRY, Keys, validate_queue_name
 from .options import NO_OPTIONS, Options, OptionsKwargs, Spec, Submits, Submitter, make_options
-from .results import Results
 from .schedule import Misfire, Schedule
-from .scripts import NewJob, Scripts
+from .script_values import NewJob
 from .sync import SyncQueue
 from .task import TaskDef, task_name
+from .urls import check_url
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from .results import Results
+    from .scripts import Scripts
 
 __all__ = ("Queue",)
 
@@ -120,7 +130,7 @@ class Queue(Submits, ChildHooks):
         self._redis: Redis | None = None
         self._scripts: Scripts | None = None
         self._registered = False  # in the registry of queues (done on the first submit)
-        self._results = Results(self)
+        self._waits: Results | None = None
         self._coalescer = Coalescer(self._send)
 
     def __repr__(self) -> str:
@@ -235,9 +245,21 @@ class Queue(Submits, ChildHooks):
     def redis(self) -> Redis:
         """The queue's Redis client (created on first use)."""
         if self._redis is None:
+            from .scripts import Scripts
+
             self._redis = self._make_client()
             self._scripts = Scripts(self._redis, self.keys, self.redis_url, links=True)
         return self._redis
+
+    @property
+    def _results(self) -> Results:
+        """Waits for results: one subscription to finished jobs for all of them (made on first
+        use)."""
+        if self._waits is None:
+            from .results import Results
+
+            self._waits = Results(self)
+        return self._waits
 
     @property
     def sync(self) -> SyncQueue:
@@ -259,7 +281,9 @@ class Queue(Submits, ChildHooks):
         """A client of its own (for one server, a cluster or a Sentinel-managed master, as the
         URL says; see :mod:`aioqueue.connect`); ``retries``: its command retries (default
         :attr:`redis_retries`)."""
-        return connect.client(
+        from .connect import client
+
+        return client(
             check_url(self.redis_url),
             max_connections=self.max_connections,
             connect_timeout=self.connect_timeout,
@@ -286,7 +310,8 @@ class Queue(Submits, ChildHooks):
     async def aclose(self) -> None:
         """Wait for submits under way, stop waiting for results, close connections."""
         await self._coalescer.drain()
-        await self._results.close()
+        if self._waits is not None:
+            await self._waits.close()
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

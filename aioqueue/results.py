@@ -14,9 +14,11 @@ from redis import exceptions as rex
 from redis.asyncio.client import PubSub
 
 from ._link import direct, next_message
-from ._redis import TRANSIENT, as_error, call_redis, safe_url
+from ._redis import as_error, call_redis
 from ._redis import to_str as _str
+from .connect import TRANSIENT
 from .errors import JobNotFound
+from .urls import safe_url
 
 if TYPE_CHECKING:
     from .queue import Queue

@@ -32,7 +32,7 @@ from pathlib import Path
 import _common
 import bench_tasks
 
-from aioqueue import Queue, connect
+from aioqueue import Queue, connect, urls
 from aioqueue.keys import Keys
 from aioqueue.testing import RedisServer
 
@@ -62,7 +62,7 @@ async def masters_of(url: str, names: list[str]) -> list[str]:
     """The master (host:port) holding each queue's slot; "-" for a single server."""
     client = connect.client(url, max_connections=4, connect_timeout=2, socket_timeout=5, retries=1)
     try:
-        if connect.parse(url).kind != "cluster":
+        if urls.parse(url).kind != "cluster":
             return ["-" for _ in names]
         await client.initialize()
         return [client.get_node_from_key(Keys(n).jobs).name for n in names]  # type: ignore[attr-defined]
@@ -136,7 +136,7 @@ async def run_layout(
                 await p.aclose()
     masters = set(await masters_of(url, names))
     return Run(
-        layout, connect.parse(url).kind, len(names), len(masters - {"-"}), args.workers,
+        layout, urls.parse(url).kind, len(names), len(masters - {"-"}), args.workers,
         args.processes, args.jobs, round(submit_s, 3), round(seconds, 3),
         round(args.jobs / seconds, 1),
     )  # fmt: skip
@@ -197,7 +197,7 @@ def measure(args: argparse.Namespace) -> None:
             url = stack.enter_context(ClusterServers(masters=3, replicas=1)).url
         single = None if args.no_single else stack.enter_context(RedisServer()).url
         load.start()
-        first = connect.parse(url).nodes[0]
+        first = urls.parse(url).nodes[0]
         machine = _common.machine_info(f"redis://{first[0]}:{first[1]}")
         print(f"machine: {_common.describe_machine(machine)}")
         print(f"cluster: {'private, 3 masters + 3 replicas' if args.redis_url is None else url}")

@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import os
 import signal
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -227,6 +228,14 @@ def flaky(ledger: str, failures: int) -> int:
 @queue.task
 def pid() -> int:
     return os.getpid()
+
+
+@queue.task
+def submit_from_child(a: int, b: int) -> tuple[bool, int]:
+    """Whether this child had loaded the Redis client before; then add(a, b) submitted from
+    here and awaited (which loads it)."""
+    loaded = "redis" in sys.modules
+    return loaded, queue.sync.submit(add, a, b).result(timeout=20)
 
 
 @queue.task

@@ -9,13 +9,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from aioqueue import InvalidOptions, Queue, RedisUnavailable, connect
-from aioqueue._redis import SCHEMES, check_url
+from aioqueue import InvalidOptions, Queue, RedisUnavailable, connect, urls
+from aioqueue.urls import SCHEMES, check_url
 
 
 def test_schemes_name_every_kind() -> None:
     """The URL check lists the cluster and Sentinel schemes beside the single-server ones."""
-    assert SCHEMES == connect.SCHEMES
     for scheme in ("redis+cluster://", "rediss+cluster://", "redis+sentinel://",
                    "rediss+sentinel://"):  # fmt: skip
         assert scheme in SCHEMES
@@ -23,34 +22,34 @@ def test_schemes_name_every_kind() -> None:
 
 def test_single_server_urls_parse_as_before() -> None:
     """redis://, rediss:// and unix:// stay redis-py's own format."""
-    assert connect.parse("redis://localhost:6379/2").kind == "server"
-    assert connect.parse("unix:///tmp/redis.sock").kind == "server"
+    assert urls.parse("redis://localhost:6379/2").kind == "server"
+    assert urls.parse("unix:///tmp/redis.sock").kind == "server"
     assert check_url("rediss://:pw@host:6380/0") == "rediss://:pw@host:6380/0"
 
 
 def test_cluster_url() -> None:
     """Nodes, credentials, TLS and query options of a cluster URL; the port defaults to 6379."""
-    t = connect.parse("rediss+cluster://me:s%40cret@a:7000,b,[::1]:7002?client_name=w1")
+    t = urls.parse("rediss+cluster://me:s%40cret@a:7000,b,[::1]:7002?client_name=w1")
     assert t.kind == "cluster" and t.tls
     assert t.nodes == (("a", 7000), ("b", 6379), ("::1", 7002))
     assert t.options["username"] == "me" and t.options["password"] == "s@cret"
     assert t.options["client_name"] == "w1"
     assert t.db == 0 and t.service is None
-    assert connect.parse("redis+cluster://a:7000/0").nodes == (("a", 7000),)
+    assert urls.parse("redis+cluster://a:7000/0").nodes == (("a", 7000),)
 
 
 def test_sentinel_url() -> None:
     """Sentinels, the service, the db, the master's and the Sentinels' own credentials; the
     port defaults to 26379."""
     url = "redis+sentinel://:pw@s1:26379,s2/mymaster/3?sentinel_password=spw"
-    t = connect.parse(url)
+    t = urls.parse(url)
     assert t.kind == "sentinel" and not t.tls
     assert t.nodes == (("s1", 26379), ("s2", 26379))
     assert t.service == "mymaster" and t.db == 3
     assert t.options["password"] == "pw"
     assert t.sentinel == {"sentinel_password": "spw"}
     assert "sentinel_password" not in t.options
-    assert connect.parse("rediss+sentinel://s1/m").tls
+    assert urls.parse("rediss+sentinel://s1/m").tls
 
 
 @pytest.mark.parametrize(
@@ -82,6 +81,17 @@ def test_malformed_urls_say_what_is_wrong(url: str, message: str) -> None:
         Queue("q", redis_url=url)
     assert message in str(info.value)
     assert f"redis_url {url!r}" in str(info.value)
+
+
+def test_a_child_checks_the_scheme_at_once_and_the_rest_at_its_first_client() -> None:
+    """Within schemes_only (how a worker's children import the task module), a queue checks
+    its URL's scheme only; the first client it makes checks the rest, with the same error."""
+    with urls.schemes_only():
+        with pytest.raises(InvalidOptions, match="is not a Redis URL"):
+            Queue("q", redis_url="http://localhost:6379")
+        q = Queue("q", redis_url="redis+cluster://a:70000")
+    with pytest.raises(InvalidOptions, match="'a:70000' has no valid port"):
+        q.redis  # noqa: B018 - makes the client
 
 
 def test_password_is_hidden_in_errors() -> None:

@@ -255,6 +255,17 @@ async def test_priority_runs_first(queue: Queue, start_worker: StartWorker, tmp_
     assert ledger.read_text().split()[0] == "high"
 
 
+async def test_children_start_without_the_redis_client_and_load_it_when_a_task_needs_it(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    """A child imports the task module without loading redis-py (its start costs half as much
+    CPU); a task that submits a job loads it then, and reaches the Redis its worker serves
+    (given by --redis-url here; the task module names none)."""
+    await start_worker(processes=2)
+    job = await queue.submit(tasks.submit_from_child, 2, 3)
+    assert await job.result(timeout=30) == (False, 5)
+
+
 async def test_children_recycle_after_max_tasks(queue: Queue, start_worker: StartWorker) -> None:
     """With --max-tasks-per-child 2, a child is replaced after two jobs."""
     await start_worker("--max-tasks-per-child", "2", processes=1)

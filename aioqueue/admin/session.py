@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 
 from .. import connect
-from .._redis import call_redis, check_url, safe_url, to_str
+from .._redis import call_redis, to_str
 from ..errors import AioqueueError, RedisRefused
 from ..keys import REGISTRY
 from ..queue import DEFAULT_URL, Queue
+from ..urls import check_url, safe_url
 from ..views import JobRow
 
 __all__ = ("CommandError", "Session")

@@ -41,11 +41,13 @@ import msgspec
 from .. import context, wire
 from .._imports import import_queue
 from ..queue import Queue
+from ..urls import schemes_only
 from ._concurrent import Concurrent, split_args, stopped_reply
 from ._frames import (
     HEADER,
     READY,
     START_FAILED,
+    URL_ENV,
     Cancel,
     Done,
     Extend,
@@ -365,7 +367,9 @@ def main(argv: list[str]) -> None:
     assert isinstance(stdin, io.BufferedReader)
     replies = Replies(out_fd)
     try:
-        queue = import_queue(argv[1])
+        with schemes_only():  # the supervisor checked the URL: no Redis client loads here
+            queue = import_queue(argv[1])
+        queue.redis_url = os.environ.pop(URL_ENV, queue.redis_url)  # the worker's Redis
         runner = Runner(queue, replies)
         args, limit = split_args(argv[2:])
         life = Lifecycle(queue, runner._wait, args)  # start hooks: may fail the start too

@@ -14,6 +14,10 @@ formatted traceback (UTF-8), after which it exits. Then:
 * while a job runs, its task may send :class:`Report` (its progress) and :class:`Extend` (more
   time before its timeout), always before the job's :class:`Done`.
 
+A child learns the URL of the Redis its worker serves from :data:`URL_ENV` in its environment,
+not its command line (the URL may hold a password), and gives it to its queue: a task that
+submits jobs reaches that Redis, whatever URL the task module names.
+
 A child takes jobs in the order they came: one at a time, or, for jobs marked ``concurrent``
 (``async def`` tasks), as many at once as its ``--async-concurrency`` allows, each started the
 moment it is taken, never alongside a sync job. It writes a job's :class:`Done`, and answers a
@@ -36,6 +40,7 @@ __all__ = (
     "HEADER",
     "READY",
     "START_FAILED",
+    "URL_ENV",
     "Cancel",
     "Done",
     "Extend",
@@ -53,6 +58,7 @@ __all__ = (
 HEADER = struct.Struct(">I")  # frame length, big-endian
 READY = b"ready"  # a child's first frame, once it has imported the tasks
 START_FAILED = b"start-failed\n"  # a child's first frame instead, then its traceback
+URL_ENV = "AIOQUEUE_CHILD_REDIS_URL"  # the worker's Redis URL, for the child's queue
 
 
 class Run(msgspec.Struct, frozen=True, array_like=True, tag=1):

@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -420,9 +420,11 @@ async def spawn(
     on_frames: Callable[[Child, Frames], None],
     on_exit: Callable[[Child], None],
     args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Child:
-    """Start a child for the queue at ``spec`` (``args`` after it on its command line) and wait
-    until it has imported the tasks and run the queue's start hooks.
+    """Start a child for the queue at ``spec`` (``args`` after it on its command line, ``env``
+    added to its environment) and wait until it has imported the tasks and run the queue's
+    start hooks.
 
     :raises PoolStartError: if it could not (its error in the message), or was not ready
         within ``start_timeout`` seconds; the child is gone by then.
@@ -432,7 +434,7 @@ async def spawn(
         lambda: child,
         sys.executable, "-m", "aioqueue.worker._child", spec, *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     late = False
     try:

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -85,6 +85,7 @@ class Pool:
         prefetch: int | None = None,
         limits: Limits | None = None,
         async_concurrency: int = 1,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.spec = spec
         self.limits = limits or Limits()
@@ -94,7 +95,7 @@ class Pool:
         self.async_concurrency = async_concurrency
         self.spawner = Spawner(
             spec, self._frames, self._exited,
-            args=[*self.limits.child_args(), *child_args(async_concurrency)],
+            args=[*self.limits.child_args(), *child_args(async_concurrency)], env=env,
             start_timeout=start_timeout, max_start_failures=max_start_failures,
         )  # fmt: skip
         self.depth = Depth(prefetch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .handle import Child, Frames, PoolStartError, spawn
 
@@ -23,7 +23,8 @@ _MAX_RETRY_DELAY = 10.0
 
 class Spawner:
     """Starts children for the queue at ``spec``, with ``args`` after it on their command line
-    (their limits); each hands its frames to ``on_frames`` and its end to ``on_exit``.
+    (their limits) and ``env`` added to their environment; each hands its frames to
+    ``on_frames`` and its end to ``on_exit``.
 
     :param start_timeout: seconds a child may take to import the tasks and run the queue's
         start hooks.
@@ -38,11 +39,13 @@ class Spawner:
         on_exit: Callable[[Child], None],
         *,
         args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
         max_start_failures: int = 3,
     ) -> None:
         self.spec = spec
         self.args = tuple(args)
+        self.env = dict(env or {})
         self.on_frames = on_frames
         self.on_exit = on_exit
         self.start_timeout = start_timeout
@@ -55,7 +58,9 @@ class Spawner:
 
         :raises PoolStartError: if it could not (the child is gone by then).
         """
-        child = await spawn(self.spec, self.start_timeout, self.on_frames, self._exited, self.args)
+        child = await spawn(
+            self.spec, self.start_timeout, self.on_frames, self._exited, self.args, self.env
+        )
         if not child.exited.is_set():
             self.children.add(child)
         return child

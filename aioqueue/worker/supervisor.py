@@ -24,12 +24,13 @@ import msgspec
 from redis.exceptions import NoPermissionError
 
 from .. import tracing, wire
-from .._redis import safe_url
 from .._redis import to_str as _str
 from .._text import count
 from ..keys import REGISTRY
 from ..queue import Queue
 from ..scripts import FinishItem, LeasedJob, Scripts
+from ..urls import safe_url
+from ._frames import URL_ENV
 from ._state import Channel, Held, Outage
 from .after import with_parents
 from .fetch import Fetcher
@@ -149,6 +150,7 @@ class Worker:
                 prefetch=s.prefetch or None,
                 limits=self.limits,
                 async_concurrency=s.async_concurrency,
+                env={URL_ENV: self.queue.redis_url},
                 on_change=self._notify,
                 on_broken=self._broken,
                 on_start=self._started,
