@@ -1,7 +1,9 @@
 """The finisher: records outcomes in batches, and keeps them through Redis outages.
 
 Outcomes wait in one queue. The fetch loop takes some with each claim (one round trip for both);
-the finisher writes the rest. Whoever takes a batch owns it until Redis answers: a batch whose
+the finisher writes the rest. It is woken for an outcome only after the callbacks already due
+have run: by then a fetch loop woken by the same event has taken it with its claim, and the
+finisher isn't woken for nothing. Whoever takes a batch owns it until Redis answers: a batch whose
 reply was lost is re-sent as is, under the same receipt, so it is applied once and answered with
 its first reply (a re-sent release is not counted as fenced). Outcomes wait for the progress
 reports that came before them (progress.py).
@@ -12,8 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import anyio.lowlevel
 
 from .._link import Link
 from ..scripts import FinishItem, Scripts
@@ -61,11 +61,18 @@ class Finisher:
         self.taken = 0  # outcomes taken and not answered yet
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
+        self._kick: asyncio.Handle | None = None
 
     def put(self, held: Held, item: FinishItem) -> None:
         held.finishing = True
         self.queue.append(Pending(held, item))
-        self._ready.set()
+        if self._kick is None:
+            self._kick = asyncio.get_running_loop().call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._kick = None
+        if self.queue:  # not taken with a claim meanwhile
+            self._ready.set()
 
     def take(self, n: int = BATCH) -> list[Pending]:
         """Take up to ``n`` outcomes to write; the taker owns them until :meth:`settle`. None
@@ -93,7 +100,6 @@ class Finisher:
                 self._ready = asyncio.Event()
                 await self._ready.wait()
                 continue
-            await anyio.lowlevel.checkpoint()  # let the fetch loop take them with its claim
             if self.reports is not None:
                 await self.reports.settled()
             batch = self.take()
