@@ -38,7 +38,7 @@ from .finisher import Finisher, Pending
 from .http import StatusServer
 from .leases import heartbeat_loop, recovery_loop
 from .limits import Limits
-from .logs import job_fields
+from .logs import Completions, job_fields
 from .metrics import Metrics
 from .outcomes import Outcomes
 from .pool import Pool, Work
@@ -93,6 +93,7 @@ class Worker:
         }  # fmt: skip
         self.cancelling: set[str] = set()  # held jobs whose cancel was asked, being stopped
         self.metrics = Metrics(self)
+        self.completions = Completions(log, self.id)
         self.beat_at: float | None = None  # time.monotonic() of the last answered heartbeat
         self.beat_error: str | None = None  # why the last heartbeat failed, if it did
         self.failure: str | None = None
@@ -183,9 +184,10 @@ class Worker:
         tg.start_soon(schedule_loop, self)
         tg.start_soon(self.finisher.run)
         tg.start_soon(self.reports.run)
-        with anyio.CancelScope() as self._fetch_scope:
-            await self.fetcher.run()
-        await self._drain()
+        with self.completions:
+            with anyio.CancelScope() as self._fetch_scope:
+                await self.fetcher.run()
+            await self._drain()
 
     def stop(self) -> None:
         """Stop taking jobs; running ones get the grace period (as on SIGTERM)."""
@@ -412,11 +414,8 @@ class Worker:
             if work is not None and work.started_at:
                 held.run_s = time.monotonic() - work.started_at
                 self.metrics.task(held.task).run.observe(held.run_s)
-            if reply.ok and log.isEnabledFor(logging.INFO):
-                log.info(
-                    "%6.2fs ✓ %s job %s", held.run_s or 0.0, held.task, held.id,
-                    extra=job_fields(held, self.id, "completed"),
-                )  # fmt: skip
+            if reply.ok:
+                self.completions.add(held)
             self.job_done(held, self.outcomes.reply(held, reply))
         elif held.lost:
             self.counters["lost"] += 1
