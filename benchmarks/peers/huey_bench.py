@@ -3,8 +3,9 @@
 Huey is synchronous: tasks are plain functions. ``huey_consumer -k process -w P`` runs ``P``
 worker processes (the default is a single thread, which is not a process comparison, so the
 process flags are always given). Huey's Redis storage dequeues with a blocking pop by default, so
-its polling settings do not apply and a single settings row is reported. Enqueue calls the task
-once per job (no asyncio or bulk API).
+its polling settings do not apply; ``defaults`` logs at Huey's default INFO (two lines per task),
+``best`` passes ``-q`` (errors only). Enqueue calls the task once per job (no asyncio or bulk
+API).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import common
 from huey import RedisHuey
 
 DIST = "huey"
-VARIANTS = ("best",)
+VARIANTS = ("best", "defaults")
 
 huey = RedisHuey("bench", url=common.redis_url())
 
@@ -36,7 +37,9 @@ def burn(iterations: int) -> int:
 
 def describe(variant: str, workload: str) -> str:
     """Settings used for this row."""
-    return "defaults (= best) + -k process -w P; blocking BRPOP dequeue"
+    if variant == "defaults":
+        return "defaults + -k process -w P; INFO log; blocking BRPOP dequeue"
+    return "-k process -w P -q; blocking BRPOP dequeue"
 
 
 def enqueue(spec: common.EnqueueSpec) -> common.Enqueued:
@@ -53,6 +56,5 @@ def enqueue(spec: common.EnqueueSpec) -> common.Enqueued:
 
 def worker_commands(processes: int, variant: str, workload: str) -> list[list[str]]:
     """One ``huey_consumer`` with ``processes`` worker processes."""
-    return [
-        [common.script("huey_consumer"), "huey_bench.huey", "-k", "process", "-w", str(processes)]
-    ]
+    cmd = [common.script("huey_consumer"), "huey_bench.huey", "-k", "process", "-w", str(processes)]
+    return [cmd if variant == "defaults" else [*cmd, "-q"]]

@@ -2,8 +2,9 @@
 
 RQ is synchronous: jobs are plain functions and ``P`` worker processes are ``P`` separate
 ``rq worker`` commands. ``best`` uses ``SimpleWorker`` (runs jobs in the worker process instead of
-forking a work horse per job) and enqueues with ``enqueue_many`` (one pipeline); ``defaults`` uses
-the forking ``Worker`` and one ``enqueue`` call per job. RQ has no asyncio client.
+forking a work horse per job), ``--quiet`` logging, and enqueues with ``enqueue_many`` (one
+pipeline); ``defaults`` uses the forking ``Worker``, RQ's INFO log and one ``enqueue`` call per
+job. RQ has no asyncio client.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def describe(variant: str, workload: str) -> str:
     """Settings used for this row."""
     if variant == "defaults":
         return "defaults: forking Worker; P x `rq worker`"
-    return "--worker-class rq.worker.SimpleWorker; P x `rq worker`"
+    return "--worker-class rq.worker.SimpleWorker --quiet; P x `rq worker`"
 
 
 def enqueue(spec: common.EnqueueSpec) -> common.Enqueued:
@@ -59,7 +60,7 @@ def enqueue(spec: common.EnqueueSpec) -> common.Enqueued:
 
 def worker_commands(processes: int, variant: str, workload: str) -> list[list[str]]:
     """``processes`` independent ``rq worker`` processes."""
-    cmd = [common.script("rq"), "worker", "bench", "--url", common.redis_url(), "--quiet"]
+    cmd = [common.script("rq"), "worker", "bench", "--url", common.redis_url()]
     if variant != "defaults":
-        cmd += ["--worker-class", "rq.worker.SimpleWorker"]
+        cmd += ["--quiet", "--worker-class", "rq.worker.SimpleWorker"]
     return [list(cmd) for _ in range(processes)]
