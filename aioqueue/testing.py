@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -139,10 +140,32 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 return False
-            if self.ping():
+            # the port was free when picked; another server may have taken it since, and
+            # answers for ours: only our process will do (ours then fails to bind and exits)
+            if self.ping() and (self.socket_path is not None or self._is_ours()):
                 return True
             time.sleep(0.01)
         return False
+
+    def _is_ours(self) -> bool:
+        """Does the server on our port give our process's id in ``INFO server``?"""
+        return self.process is not None and self._server_pid() == self.process.pid
+
+    def _server_pid(self) -> int | None:
+        """The ``process_id`` that the server on our port gives in ``INFO server``."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"INFO server\r\n")
+                data = b""
+                while b"process_id:" not in data or not data.endswith(b"\r\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError:
+            return None
+        found = re.search(rb"process_id:(\d+)", data)
+        return int(found.group(1)) if found else None
 
     def ping(self) -> bool:
         """True if the server answers ``PING`` with ``PONG`` right now."""

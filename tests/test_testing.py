@@ -26,3 +26,16 @@ def test_unix_socket_server() -> None:
         with redis.Redis.from_url(server.url) as r:
             assert r.ping()
     assert not server.dir.exists()
+
+
+def test_a_port_taken_since_it_was_picked_is_not_mistaken_for_ours() -> None:
+    """Another server took the picked port before ours bound it (parallel tests pick ports
+    so): the other server's PONG is not taken for ours, ours moves to a free port, and the
+    URL reaches our process."""
+    with RedisServer() as other:
+        ours = RedisServer()
+        ours.port = other.port
+        with ours:
+            assert ours.port != other.port
+            with redis.Redis.from_url(ours.url) as r:
+                assert r.info("server")["process_id"] == ours.process.pid  # type: ignore[union-attr]
