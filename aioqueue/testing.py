@@ -148,8 +148,10 @@ class RedisServer:
         return False
 
     def _is_ours(self) -> bool:
-        """Does the server on our port give our process's id in ``INFO server``?"""
-        return self.process is not None and self._server_pid() == self.process.pid
+        """False when the server on our port gives another process's id in ``INFO server``
+        (True when it can't be asked so: a TLS port, say, or one that wants a password)."""
+        pid = self._server_pid()
+        return pid is None or (self.process is not None and pid == self.process.pid)
 
     def _server_pid(self) -> int | None:
         """The ``process_id`` that the server on our port gives in ``INFO server``."""
