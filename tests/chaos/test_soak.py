@@ -48,6 +48,7 @@ async def test_soak_mixed_faults(
         a, b = await scenario.pair(proxy.url, server.url)
         hist.t0 = time.time()
         faults: list[str] = []
+        in_flight = 0  # jobs under a lease as each fault struck: all a fault can run twice
         samples: list[tuple[float, int, int]] = []
         async with producer(server.url, redis_retries=3) as q:
             stop = anyio.Event()
@@ -82,13 +83,15 @@ async def test_soak_mixed_faults(
                     await anyio.sleep(0.1)
 
             async def inject() -> None:
-                nonlocal a
+                nonlocal a, in_flight
                 end = time.monotonic() + seconds
                 while time.monotonic() < end - 5:
                     await anyio.sleep(scenario.rng.uniform(3.0, 6.0))
                     samples.append((time.time(), rss_kib(b.pid), open_fds(b.pid)))
                     fault = scenario.rng.choice(FAULTS)
                     faults.append(fault)
+                    async with admin(server) as r:
+                        in_flight += await r.zcard(KEYS.leases)
                     kids = a.children()
                     orphans = scenario.ledger().open_on(kids)
                     hist.fault(fault, orphans if fault != "drop-replies" else ())
@@ -131,13 +134,16 @@ async def test_soak_mixed_faults(
         dbsize = await r.dbsize()
         kinds = sorted({k.decode().rsplit(":", 1)[-1] for k in await r.keys("*")})
     record["faults_injected"] = faults
+    record["leased_at_faults"] = in_flight
     record["supervisor_rss_kib"] = [s[1] for s in samples]
     record["supervisor_fds"] = [s[2] for s in samples]
     record["redis_memory"] = {"baseline": mem_base, "after_drain_without_results": mem_after}
     record["keys_left_without_results"] = {"dbsize": dbsize, "kinds": kinds}
     assert record["lost"] == 0 and record["unexpected"] == 0, summary(record)
     assert record["dup_results"] == 0, summary(record)
-    assert record["dup_exec"] <= 2 * len(faults) + 2, summary(record)
+    # a job runs twice only if a fault struck while it was leased (prefetch holds several per
+    # child, so a stopped or cut-off worker can leave more than its running jobs behind)
+    assert record["dup_exec"] <= in_flight, (summary(record), in_flight)
     assert b.running, b.log_text()[-2000:]
     if len(samples) >= 2:
         assert samples[-1][1] - samples[0][1] < 20_000, record["supervisor_rss_kib"]
