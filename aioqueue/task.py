@@ -45,6 +45,9 @@ class TaskDef:
     _signature: inspect.Signature | None = field(default=None, init=False, repr=False)
     _types: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _return: Any = field(default=Any, init=False, repr=False)
+    # its parameters' names when each is positional, without a default: calls that give each
+    # of them positionally bind without inspect's general binder
+    _plain: tuple[str, ...] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.retries, int) or self.retries < 0:
@@ -74,6 +77,9 @@ class TaskDef:
             else:
                 self._types[pname] = hint
         self._return = hints.get("return", Any)
+        params = self._signature.parameters.values()
+        if all(p.kind in _POSITIONAL and p.default is p.empty for p in params):
+            self._plain = tuple(p.name for p in params)
 
     @property
     def return_type(self) -> Any:
@@ -99,25 +105,41 @@ class TaskDef:
         """
         if self._signature is None:
             return args, kwargs
+        plain = self._plain
+        if plain is not None and not kwargs and not later and len(args) == len(plain):
+            if not self._types:
+                return args, kwargs
+            converted = tuple(
+                self._convert(name, value, strict) for name, value in zip(plain, args, strict=True)
+            )
+            return converted, kwargs
         try:
             bound = self._signature.bind(*((_LATER,) * later), *args, **kwargs)
         except TypeError as exc:
             raise self._mismatch(args, kwargs, exc) from None
         if self._types:
             for pname, value in bound.arguments.items():
-                hint = self._types.get(pname)
-                if hint is None or value is _LATER:
-                    continue
-                try:
-                    bound.arguments[pname] = msgspec.convert(
-                        value, hint, strict=strict, from_attributes=True, dec_hook=wire.dec_hook
-                    )
-                except msgspec.ValidationError as exc:
-                    raise ArgumentError(
-                        f"{self.name}: argument {pname!r} does not match its annotation "
-                        f"{_type_name(hint)}: {exc}"
-                    ) from None
+                if value is not _LATER:
+                    bound.arguments[pname] = self._convert(pname, value, strict)
         return bound.args[later:], bound.kwargs
+
+    def _convert(self, pname: str, value: Any, strict: bool) -> Any:
+        """``value`` converted to parameter ``pname``'s annotated type (as is if it has none).
+
+        :raises ArgumentError: naming the parameter, if it does not fit.
+        """
+        hint = self._types.get(pname)
+        if hint is None:
+            return value
+        try:
+            return msgspec.convert(
+                value, hint, strict=strict, from_attributes=True, dec_hook=wire.dec_hook
+            )
+        except msgspec.ValidationError as exc:
+            raise ArgumentError(
+                f"{self.name}: argument {pname!r} does not match its annotation "
+                f"{_type_name(hint)}: {exc}"
+            ) from None
 
     def _mismatch(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], exc: TypeError
@@ -190,6 +212,7 @@ def unencodable_error(
 
 
 _LATER = object()  # an argument that comes later (see TaskDef.check)
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 def _type_name(hint: Any) -> str:

@@ -11,6 +11,7 @@ import redis
 
 import aioqueue
 from aioqueue import Queue
+from aioqueue.task import TaskDef
 from aioqueue.testing import RedisServer
 from tests import tasks
 from tests._async import not_redis
@@ -91,6 +92,26 @@ async def test_struct_arguments_are_converted(queue: Queue) -> None:
     assert await job.status() == "pending"
     with pytest.raises(aioqueue.ArgumentError, match="argument 'p'"):
         await queue.submit(tasks.norm, {"x": "a"})  # type: ignore[arg-type]
+
+
+def test_positional_calls_check_as_keyword_calls_do() -> None:
+    """Arguments given positionally to a task whose parameters all are (the common case, bound
+    without inspect's binder) convert and fail as the same arguments given by keyword."""
+    td = TaskDef("t", _typed)
+    assert td.check((1, {"x": 1, "y": 2}), {}) == ((1, tasks.Point(x=1, y=2)), {})
+    assert td.check((), {"n": 1, "p": {"x": 1, "y": 2}}) == ((1, tasks.Point(x=1, y=2)), {})
+    for args, kwargs in (((1, {"x": "a"}), {}), ((), {"n": 1, "p": {"x": "a"}})):
+        with pytest.raises(aioqueue.ArgumentError, match="t: argument 'p' does not match"):
+            td.check(args, kwargs)
+    with pytest.raises(aioqueue.ArgumentError, match="argument 'n' does not match"):
+        td.check(("40", {"x": 1, "y": 2}), {})  # no lossy conversion on the producer
+    assert td.check(("40", {"x": 1, "y": 2}), {}, strict=False)[0][0] == 40
+    with pytest.raises(aioqueue.ArgumentError, match="missing a required argument: 'p'"):
+        td.check((1,), {})
+
+
+def _typed(n: int, p: tasks.Point) -> None:
+    """A task's signature: two positional parameters, both annotated."""
 
 
 async def test_unserializable_argument_is_named(queue: Queue, sync_redis: redis.Redis) -> None:
