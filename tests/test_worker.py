@@ -266,6 +266,23 @@ async def test_children_start_without_the_redis_client_and_load_it_when_a_task_n
     assert await job.result(timeout=30) == (False, 5)
 
 
+async def test_resp2_connections_run_jobs_as_resp3_ones_do(
+    redis_url: str, start_worker: StartWorker
+) -> None:
+    """redis-py speaks RESP3 by default; with ?protocol=2 in the URL (for a server or proxy
+    that lacks HELLO 3) the worker's held links, the producer's submits and the result
+    listener read RESP2 replies and messages, and every connection is RESP2."""
+    url = f"{redis_url}?protocol=2"
+    await start_worker("--redis-url", url, processes=2)
+    tasks.queue.redis_url = url
+    async with tasks.queue as q:
+        jobs = await q.submit_many(tasks.add, [(i, 1) for i in range(50)])
+        assert [await j.result(timeout=20) for j in jobs] == [i + 1 for i in range(50)]
+        assert await (await q.submit(tasks.add, 2, 3)).result(timeout=20) == 5
+        with redis.Redis.from_url(url) as r:
+            assert {c["resp"] for c in r.client_list()} == {"2"}
+
+
 async def test_children_recycle_after_max_tasks(queue: Queue, start_worker: StartWorker) -> None:
     """With --max-tasks-per-child 2, a child is replaced after two jobs."""
     await start_worker("--max-tasks-per-child", "2", processes=1)
