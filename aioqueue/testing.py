@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--appendonly", action="store_true", help="keep an append-only file")
     args = p.parse_args(argv)
     with RedisServer(appendonly=args.appendonly) as server:
-        print(f"export AIOQUEUE_REDIS_URL={server.url}", flush=True)
-        try:
+        try:  # from the moment the URL is out, a Ctrl-C is the way to stop
+            print(f"export AIOQUEUE_REDIS_URL={server.url}", flush=True)
             assert server.process is not None
             server.process.wait()
         except KeyboardInterrupt:
