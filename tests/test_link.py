@@ -71,6 +71,24 @@ async def test_a_reply_later_than_the_socket_timeout_fails_the_call(queue: Queue
     await client.aclose()
 
 
+async def test_a_slow_reply_after_quick_ones_still_times_out(queue: Queue) -> None:
+    """A link's calls share one timer, armed for an earlier call's deadline: a slow call after
+    quick ones still fails at its own deadline (the timer re-arms for it), not never."""
+    client = queue._make_client(socket_timeout=0.3, retries=0)
+    link = Link.of(client)
+    assert link is not None
+    start = anyio.current_time()
+    while anyio.current_time() - start < 0.25:  # the first call armed the timer for 0.3 s
+        assert await link.call(pack("PING")) == b"PONG"
+        await anyio.sleep(0.01)
+    # the timer fires while this call is in flight, before its deadline, and re-arms for it
+    with pytest.raises(rex.TimeoutError, match="Timeout reading from"):
+        await link.call(pack("BLPOP", "never", 2))  # without the timeout: None after 2 s
+    assert await link.call(pack("PING")) == b"PONG"
+    await link.aclose()
+    await client.aclose()
+
+
 async def test_a_claim_behind_a_blocking_pop_runs_when_the_pop_returns(queue: Queue) -> None:
     """The fetch loop's wait and its next claim go in one write: Redis runs the claim the
     moment the pop takes a wake-up token, so the claim leases a job submitted during the wait,
