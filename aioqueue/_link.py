@@ -18,7 +18,7 @@ feeds what it reads to the connection's own hiredis reader, within the client's
 ``socket_timeout``: redis-py's ``send_packed_command`` and ``read_response`` wrap each side in a
 timeout of its own (the send in ``asyncio.wait_for``, a new task per call), which cost more than
 the exchange itself at one job per round trip. A link keeps one timer for that timeout
-(:class:`_Watch`), not one per call: ``asyncio.timeout`` arms and cancels a timer per call, 12
+(:class:`Watch`), not one per call: ``asyncio.timeout`` arms and cancels a timer per call, 12
 of the 84-88 µs of CPU that one awaited submit took on asyncio's own loop.
 
 A RESP3 push message (client-side caching's, say) that comes before the reply is skipped, as
@@ -40,7 +40,7 @@ from redis._parsers import hiredis as _hiredis_parser
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-__all__ = ("Link", "Links", "direct", "next_message", "pack")
+__all__ = ("Link", "Links", "Messages", "Watch", "direct", "pack")
 
 
 def _pool(redis: Redis) -> ConnectionPool | None:
@@ -104,23 +104,36 @@ async def _read(conn: Any, push: Any = _Push) -> Any:
     return reply
 
 
-async def next_message(conn: Any, timeout: float) -> Any:
-    """The next message on a subscribed connection (one for which :func:`direct` is true), as
-    hiredis gives it (``[b"message", channel, data]`` and the like); None after ``timeout``
-    seconds of silence. What was read of a message cut short stays in the reader."""
-    try:
-        async with asyncio.timeout(timeout):
-            return await _read(conn, ())  # in RESP3, the messages are pushes
-    except TimeoutError:
-        return None
+class Messages:
+    """The messages of a subscribed connection (one for which :func:`direct` is true), read
+    with one timer for all the waits (see :class:`Watch`)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.watch = Watch()
+
+    async def next(self, timeout: float) -> Any:
+        """The next message as hiredis gives it (``[b"message", channel, data]`` and the
+        like); None after ``timeout`` seconds of silence. What was read of a message cut short
+        stays in the reader."""
+        watch = self.watch
+        watch.start(timeout)
+        try:
+            return await _read(self.conn, ())  # in RESP3, the messages are pushes
+        except asyncio.CancelledError:
+            if watch.expired():
+                return None
+            raise
+        finally:
+            watch.end()
 
 
-class _Watch:
-    """The timeout of one link's calls, one at a time, on one timer.
+class Watch:
+    """Deadlines for one wait at a time (a link's calls, a subscription's reads), on one timer.
 
-    Each call sets its deadline; the timer, armed for a deadline, finds the call then in
-    flight, cancels it if it is past its own deadline, and otherwise re-arms for it. With calls
-    far shorter than the timeout it fires once per timeout, whatever the number of calls.
+    :meth:`start` sets the wait's deadline; the timer, armed for a deadline, finds the wait then
+    in progress, cancels it if it is past its own deadline, and otherwise re-arms for it. With
+    waits far shorter than the timeout it fires once per timeout, whatever their number.
     """
 
     __slots__ = ("deadline", "fired", "task", "timer")
@@ -129,7 +142,26 @@ class _Watch:
         self.deadline = 0.0
         self.task: asyncio.Task[Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.fired = False  # the call in flight was cancelled for its deadline
+        self.fired = False  # the wait in progress was cancelled for its deadline
+
+    def start(self, timeout: float) -> None:
+        """The current task's wait begins: it may last ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + timeout
+        self.task = asyncio.current_task()
+        self.fired = False
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadline, self._check, loop)
+
+    def expired(self) -> bool:
+        """On a ``CancelledError`` in the wait: True when it was this watch's, and nobody else
+        cancelled the task too (the cancellation is then absorbed)."""
+        task = self.task
+        return self.fired and task is not None and task.uncancel() == 0
+
+    def end(self) -> None:
+        """The wait is over."""
+        self.task = None
 
     async def run(self, conn: Any, command: bytes, before: bytes | None) -> Any:
         """:func:`_exchange` within the connection's ``socket_timeout``, raised as redis-py
@@ -137,20 +169,15 @@ class _Watch:
         timeout = conn.socket_timeout
         if timeout is None:
             return await _exchange(conn, command, before)
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + timeout
-        self.task = task = asyncio.current_task()
-        self.fired = False
-        if self.timer is None:
-            self.timer = loop.call_at(self.deadline, self._check, loop)
+        self.start(timeout)
         try:
             return await _exchange(conn, command, before)
         except asyncio.CancelledError:
-            if self.fired and task is not None and task.uncancel() == 0:
+            if self.expired():
                 raise rex.TimeoutError(f"Timeout reading from {conn._host_error()}") from None
             raise
         finally:
-            self.task = None
+            self.end()
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         self.timer = None
@@ -182,7 +209,7 @@ class Link:
         self._pool = pool
         self._conn: AbstractConnection | None = None
         self._direct = False
-        self._watch = _Watch()
+        self._watch = Watch()
 
     @classmethod
     def of(cls, redis: Redis) -> Link | None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from redis import exceptions as rex
 from redis.asyncio.client import PubSub
 
-from ._link import direct, next_message
+from ._link import Messages, direct
 from ._redis import as_error, call_redis
 from ._redis import to_str as _str
 from .connect import TRANSIENT
@@ -216,11 +216,11 @@ class Results:
         straight from it (redis-py's ``get_message`` costs more than the rest of a result's
         wait, per message)."""
         conn = pubsub.connection
-        fast = conn is not None and direct(conn)
+        messages = Messages(conn) if conn is not None and direct(conn) else None
         idle = 0.0
         while True:
-            if fast:  # hiredis's list; a PING's answer counts too: the link is alive
-                raw = await next_message(conn, LISTEN_TIMEOUT)
+            if messages is not None:  # hiredis's list; a PING's answer counts: the link is alive
+                raw = await messages.next(LISTEN_TIMEOUT)
                 heard = raw is not None
                 is_message = isinstance(raw, list) and len(raw) == 3 and raw[0] == b"message"
                 data = raw[2] if is_message else None

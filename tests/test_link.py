@@ -12,7 +12,7 @@ import redis
 from redis import exceptions as rex
 
 from aioqueue import Queue
-from aioqueue._link import Link, pack
+from aioqueue._link import Link, Messages, direct, pack
 from aioqueue.scripts import Receipt
 from tests import tasks
 from tests._async import eventually
@@ -145,3 +145,27 @@ async def test_a_submit_whose_link_was_cut_goes_in_once(
     assert job.created
     assert await queue.redis.hlen(queue.keys.jobs) == 2
     assert await queue.redis.zcard(queue.keys.pending) == 2
+
+
+async def test_a_subscription_read_returns_messages_then_none_after_silence(
+    queue: Queue,
+) -> None:
+    """Reads of a subscription share one timer too: messages that keep coming are all read,
+    silence ends a read with None at its own deadline, and a cancellation from outside still
+    cancels."""
+    pubsub = queue.redis.pubsub()
+    await pubsub.subscribe("news")
+    assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"  # type: ignore[index]
+    assert pubsub.connection is not None and direct(pubsub.connection)
+    messages = Messages(pubsub.connection)
+    start = anyio.current_time()
+    n = 0
+    while anyio.current_time() - start < 0.25:  # the first read armed the timer for 0.3 s
+        await queue.redis.publish("news", str(n))
+        assert await messages.next(0.3) == [b"message", b"news", str(n).encode()]
+        n += 1
+    assert await messages.next(0.3) is None  # silence: past the re-armed deadline
+    with anyio.move_on_after(0.05) as scope:
+        await messages.next(10)
+    assert scope.cancelled_caught
+    await pubsub.aclose()
