@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import anyio
 import hiredis
@@ -41,6 +41,8 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 __all__ = ("Link", "Links", "Messages", "Watch", "direct", "pack")
+
+T = TypeVar("T")
 
 
 def _pool(redis: Redis) -> ConnectionPool | None:
@@ -116,23 +118,17 @@ class Messages:
         """The next message as hiredis gives it (``[b"message", channel, data]`` and the
         like); None after ``timeout`` seconds of silence. What was read of a message cut short
         stays in the reader."""
-        watch = self.watch
-        watch.start(timeout)
-        try:
-            return await _read(self.conn, ())  # in RESP3, the messages are pushes
-        except asyncio.CancelledError:
-            if watch.expired():
-                return None
-            raise
-        finally:
-            watch.end()
+        try:  # in RESP3, the messages are pushes
+            return await self.watch.wait(_read(self.conn, ()), timeout)
+        except TimeoutError:
+            return None
 
 
 class Watch:
     """Deadlines for one wait at a time (a link's calls, a subscription's reads), on one timer.
 
-    :meth:`start` sets the wait's deadline; the timer, armed for a deadline, finds the wait then
-    in progress, cancels it if it is past its own deadline, and otherwise re-arms for it. With
+    Each :meth:`wait` sets its deadline; the timer, armed for a deadline, finds the wait then in
+    progress, cancels it if it is past its own deadline, and otherwise re-arms for it. With
     waits far shorter than the timeout it fires once per timeout, whatever their number.
     """
 
@@ -144,40 +140,23 @@ class Watch:
         self.timer: asyncio.TimerHandle | None = None
         self.fired = False  # the wait in progress was cancelled for its deadline
 
-    def start(self, timeout: float) -> None:
-        """The current task's wait begins: it may last ``timeout`` seconds."""
+    async def wait(self, aw: Awaitable[T], timeout: float) -> T:
+        """``await aw`` for at most ``timeout`` seconds, or raise ``TimeoutError`` (as
+        ``asyncio.timeout`` does; a cancellation from elsewhere stays one)."""
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + timeout
-        self.task = asyncio.current_task()
+        self.task = task = asyncio.current_task()
         self.fired = False
         if self.timer is None:
             self.timer = loop.call_at(self.deadline, self._check, loop)
-
-    def expired(self) -> bool:
-        """On a ``CancelledError`` in the wait: True when it was this watch's, and nobody else
-        cancelled the task too (the cancellation is then absorbed)."""
-        task = self.task
-        return self.fired and task is not None and task.uncancel() == 0
-
-    def end(self) -> None:
-        """The wait is over."""
-        self.task = None
-
-    async def run(self, conn: Any, command: bytes, before: bytes | None) -> Any:
-        """:func:`_exchange` within the connection's ``socket_timeout``, raised as redis-py
-        does (``redis.exceptions.TimeoutError``)."""
-        timeout = conn.socket_timeout
-        if timeout is None:
-            return await _exchange(conn, command, before)
-        self.start(timeout)
         try:
-            return await _exchange(conn, command, before)
+            return await aw
         except asyncio.CancelledError:
-            if self.expired():
-                raise rex.TimeoutError(f"Timeout reading from {conn._host_error()}") from None
+            if self.fired and task is not None and task.uncancel() == 0:
+                raise TimeoutError from None
             raise
         finally:
-            self.end()
+            self.task = None
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         self.timer = None
@@ -237,7 +216,7 @@ class Link:
             self._direct = direct(conn)
         try:
             if self._direct:
-                return await self._watch.run(conn, command, before)
+                return await self._timed(conn, command, before)
             if before is not None:
                 await conn.send_packed_command(before + command, check_health=False)
                 try:
@@ -254,6 +233,17 @@ class Link:
             with anyio.CancelScope(shield=True):  # closed even when the call was cancelled
                 await self.drop()
             raise
+
+    async def _timed(self, conn: Any, command: bytes, before: bytes | None) -> Any:
+        """:func:`_exchange` within the connection's ``socket_timeout``, raised as redis-py
+        does (``redis.exceptions.TimeoutError``)."""
+        exchange = _exchange(conn, command, before)
+        if conn.socket_timeout is None:
+            return await exchange
+        try:
+            return await self._watch.wait(exchange, conn.socket_timeout)
+        except TimeoutError:
+            raise rex.TimeoutError(f"Timeout reading from {conn._host_error()}") from None
 
     async def drop(self) -> None:
         """Give the connection back, closed (the next call takes another)."""
