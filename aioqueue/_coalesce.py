@@ -23,46 +23,14 @@ from . import tracing, wire
 from .errors import PayloadTooLarge
 from .job import new_job_id
 from .options import NO_OPTIONS, Options
+from .script_values import NewJob
 from .task import TaskDef, unencodable_error
 
-__all__ = ("MAX_BATCH", "Coalescer", "Prepared", "Reply", "prepare")
+__all__ = ("MAX_BATCH", "Coalescer", "Reply", "prepare")
 
 MAX_BATCH = 1000  # jobs per submit script call
 
 Reply = tuple[str, int]  # per job: its id, and 1 created, 0 a duplicate, -1 no room (see scripts)
-
-
-class Prepared:
-    """One job checked and encoded, ready for the submit script."""
-
-    __slots__ = (
-        "id", "data", "priority", "delay_ms", "key", "after", "group", "group_limit", "rate",
-        "debounce",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        id: str,
-        data: bytes,
-        priority: int,
-        delay_ms: int,
-        key: str | None,
-        after: tuple[str, ...] = (),
-        group: str | None = None,
-        group_limit: int = 1,
-        rate: str = "",
-        debounce: bool = False,
-    ):
-        self.id = id
-        self.data = data
-        self.priority = priority
-        self.delay_ms = delay_ms
-        self.key = key
-        self.after = after
-        self.group = group
-        self.group_limit = group_limit
-        self.rate = rate
-        self.debounce = debounce
 
 
 def prepare(
@@ -72,7 +40,7 @@ def prepare(
     kwargs: dict[str, Any],
     opts: Options,
     max_payload: int,
-) -> Prepared:
+) -> NewJob:
     """Check a job's options and arguments against its task, and encode it.
 
     :raises InvalidOptions, ArgumentError, SerializationError, PayloadTooLarge: nothing sent.
@@ -121,20 +89,20 @@ def prepare(
     if rate is not None:
         spec = f"{opts.rate_key or f'task:{name}'} {rate[0]} {max(1, round(rate[1] * 1000))}"
     delay = opts.debounce if opts.debounce is not None else opts.delay
-    return Prepared(job_id, data, opts.priority, int(delay * 1000), opts.key, opts.after,
+    return NewJob(job_id, data, opts.priority, int(delay * 1000), opts.key, opts.after,
                     group, limit, spec, opts.debounce is not None)  # fmt: skip
 
 
 class Coalescer:
     """Sends prepared jobs through ``send`` (one script call per list), joining submits."""
 
-    def __init__(self, send: Callable[[list[Prepared]], Awaitable[list[Reply]]]) -> None:
+    def __init__(self, send: Callable[[list[NewJob]], Awaitable[list[Reply]]]) -> None:
         self._send = send
-        self._batch: list[tuple[Prepared, asyncio.Future[Reply]]] = []
+        self._batch: list[tuple[NewJob, asyncio.Future[Reply]]] = []
         self._direct = False  # a submit is being sent straight from its caller's task
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def submit(self, prepared: list[Prepared]) -> list[Reply]:
+    async def submit(self, prepared: list[NewJob]) -> list[Reply]:
         """Each job's reply, in order.
 
         :raises: the first batch's error if any of this call's batches failed.
@@ -161,7 +129,7 @@ class Coalescer:
         return [f.result() for f in futs]
 
     async def until_room(
-        self, prepared: list[Prepared], replies: list[Reply], room: Callable[[], asyncio.Event]
+        self, prepared: list[NewJob], replies: list[Reply], room: Callable[[], asyncio.Event]
     ) -> list[Reply]:
         """Send the jobs a full queue refused (reply -1) again each time a claim makes room
         (``room()``, taken before each send so that no claim's signal is missed), or at the
@@ -192,7 +160,7 @@ class Coalescer:
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
 
-    async def _flush_batch(self, batch: list[tuple[Prepared, asyncio.Future[Reply]]]) -> None:
+    async def _flush_batch(self, batch: list[tuple[NewJob, asyncio.Future[Reply]]]) -> None:
         try:
             replies = await self._send([p for p, _ in batch])
         except BaseException as exc:

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import hiredis
@@ -41,8 +40,6 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 __all__ = ("Link", "Links", "Messages", "Watch", "direct", "pack")
-
-T = TypeVar("T")
 
 
 def _pool(redis: Redis) -> ConnectionPool | None:
@@ -70,18 +67,16 @@ def direct(conn: AbstractConnection) -> bool:
     )
 
 
-async def _exchange(conn: Any, command: bytes, before: bytes | None = None) -> Any:
-    """Write ``command`` to ``conn``'s stream and read its one reply (through hiredis); with
-    ``before``, that command is written first and its reply read and dropped.
-
-    :raises redis.exceptions.ResponseError: an error reply to either (both replies read).
-    """
+def _write(conn: Any, command: bytes, before: bytes | None) -> bool:
+    """Write ``command`` (``before`` it, that one) to ``conn``'s stream; True if the socket's
+    buffer is so full that the caller should wait for it to drain."""
     writer = conn._writer
     writer.write(command if before is None else before + command)
-    if writer.transport.get_write_buffer_size() > _WRITE_HIGH:
-        await writer.drain()
-    first = None if before is None else await _read(conn)
-    reply = await _read(conn)
+    return bool(writer.transport.get_write_buffer_size() > _WRITE_HIGH)
+
+
+def _check(first: Any, reply: Any) -> Any:
+    """``reply``, or the error reply of either (both were read)."""
     for r in (first, reply):
         if isinstance(r, rex.ResponseError):
             raise r
@@ -106,6 +101,20 @@ async def _read(conn: Any, push: Any = _Push) -> Any:
     return reply
 
 
+async def _through(conn: AbstractConnection, command: bytes, before: bytes | None) -> Any:
+    """A call through redis-py's own sending and reading (a connection without hiredis)."""
+    if before is not None:
+        await conn.send_packed_command(before + command, check_health=False)
+        try:
+            await conn.read_response()
+        except rex.ResponseError:
+            await conn.read_response()
+            raise
+    else:
+        await conn.send_packed_command(command, check_health=False)
+    return await conn.read_response()
+
+
 class Messages:
     """The messages of a subscribed connection (one for which :func:`direct` is true), read
     with one timer for all the waits (see :class:`Watch`)."""
@@ -118,18 +127,24 @@ class Messages:
         """The next message as hiredis gives it (``[b"message", channel, data]`` and the
         like); None after ``timeout`` seconds of silence. What was read of a message cut short
         stays in the reader."""
+        watch = self.watch
+        watch.begin(timeout)
         try:  # in RESP3, the messages are pushes
-            return await self.watch.wait(_read(self.conn, ()), timeout)
-        except TimeoutError:
-            return None
+            return await _read(self.conn, ())
+        except asyncio.CancelledError:
+            if watch.expired():
+                return None
+            raise
+        finally:
+            watch.task = None
 
 
 class Watch:
     """Deadlines for one wait at a time (a link's calls, a subscription's reads), on one timer.
 
-    Each :meth:`wait` sets its deadline; the timer, armed for a deadline, finds the wait then in
-    progress, cancels it if it is past its own deadline, and otherwise re-arms for it. With
-    waits far shorter than the timeout it fires once per timeout, whatever their number.
+    Each wait sets its deadline (:meth:`begin`); the timer, armed for a deadline, finds the wait
+    then in progress, cancels it if it is past its own deadline, and otherwise re-arms for it.
+    With waits far shorter than the timeout it fires once per timeout, whatever their number.
     """
 
     __slots__ = ("deadline", "fired", "task", "timer")
@@ -140,23 +155,21 @@ class Watch:
         self.timer: asyncio.TimerHandle | None = None
         self.fired = False  # the wait in progress was cancelled for its deadline
 
-    async def wait(self, aw: Awaitable[T], timeout: float) -> T:
-        """``await aw`` for at most ``timeout`` seconds, or raise ``TimeoutError`` (as
-        ``asyncio.timeout`` does; a cancellation from elsewhere stays one)."""
+    def begin(self, timeout: float) -> None:
+        """A wait of the current task starts: it may last ``timeout`` seconds. The waiter
+        clears :attr:`task` when done, and on a cancellation asks :meth:`expired`."""
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + timeout
-        self.task = task = asyncio.current_task()
+        self.task = asyncio.current_task()
         self.fired = False
         if self.timer is None:
             self.timer = loop.call_at(self.deadline, self._check, loop)
-        try:
-            return await aw
-        except asyncio.CancelledError:
-            if self.fired and task is not None and task.uncancel() == 0:
-                raise TimeoutError from None
-            raise
-        finally:
-            self.task = None
+
+    def expired(self) -> bool:
+        """Was the cancellation the waiter got this watch's, for its deadline? Then it is
+        taken back (as ``asyncio.timeout`` does; a cancellation from elsewhere stays one)."""
+        task = self.task
+        return self.fired and task is not None and task.uncancel() == 0
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         self.timer = None
@@ -204,46 +217,43 @@ class Link:
         :raises redis.exceptions.ResponseError: an error reply (the link stays).
         :raises redis.exceptions.ConnectionError: or TimeoutError: the link was lost twice.
         """
-        try:
-            return await self._call(command, before)
-        except (rex.ConnectionError, rex.TimeoutError, OSError):
-            return await self._call(command, before)
-
-    async def _call(self, command: bytes, before: bytes | None) -> Any:
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
-            self._direct = direct(conn)
-        try:
-            if self._direct:
-                return await self._timed(conn, command, before)
-            if before is not None:
-                await conn.send_packed_command(before + command, check_health=False)
+        again = True
+        while True:
+            conn = self._conn
+            try:
+                if conn is None:
+                    conn = self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
+                    self._direct = direct(conn)
+                if not self._direct:
+                    return await _through(conn, command, before)
+                c: Any = conn  # its stream and hiredis reader (see direct)
+                timeout = c.socket_timeout
+                watch = self._watch
+                if timeout is not None:
+                    watch.begin(timeout)
                 try:
-                    await conn.read_response()
-                except rex.ResponseError:
-                    await conn.read_response()
+                    if _write(c, command, before):
+                        await c._writer.drain()
+                    first = None if before is None else await _read(c)
+                    return _check(first, await _read(c))
+                except asyncio.CancelledError:
+                    if timeout is not None and watch.expired():
+                        raise rex.TimeoutError(f"Timeout reading from {c._host_error()}") from None
                     raise
-            else:
-                await conn.send_packed_command(command, check_health=False)
-            return await conn.read_response()
-        except rex.ResponseError:
-            raise
-        except BaseException:
-            with anyio.CancelScope(shield=True):  # closed even when the call was cancelled
-                await self.drop()
-            raise
-
-    async def _timed(self, conn: Any, command: bytes, before: bytes | None) -> Any:
-        """:func:`_exchange` within the connection's ``socket_timeout``, raised as redis-py
-        does (``redis.exceptions.TimeoutError``)."""
-        exchange = _exchange(conn, command, before)
-        if conn.socket_timeout is None:
-            return await exchange
-        try:
-            return await self._watch.wait(exchange, conn.socket_timeout)
-        except TimeoutError:
-            raise rex.TimeoutError(f"Timeout reading from {conn._host_error()}") from None
+                finally:
+                    watch.task = None
+            except rex.ResponseError:
+                raise
+            except (rex.ConnectionError, rex.TimeoutError, OSError):
+                with anyio.CancelScope(shield=True):
+                    await self.drop()
+                if not again:
+                    raise
+                again = False  # once more, on a new connection
+            except BaseException:
+                with anyio.CancelScope(shield=True):  # closed even when the call was cancelled
+                    await self.drop()
+                raise
 
     async def drop(self) -> None:
         """Give the connection back, closed (the next call takes another)."""
@@ -278,14 +288,14 @@ class Links:
         pool = _pool(redis)
         return None if pool is None else cls(pool, keep)
 
-    @contextlib.asynccontextmanager
-    async def link(self) -> AsyncIterator[Link]:
-        """A link of one's own for one call."""
-        link = self._idle.pop() if self._idle else Link(self._pool)
-        try:
-            yield link
-        finally:
-            if len(self._idle) < self._keep:
-                self._idle.append(link)
-            else:
-                await link.aclose()
+    def take(self) -> Link:
+        """A link of one's own for one call; hand it back with :meth:`give`."""
+        return self._idle.pop() if self._idle else Link(self._pool)
+
+    def give(self, link: Link) -> bool:
+        """Take ``link`` back for the next caller; False if enough are held already: the caller
+        then closes it (:meth:`Link.aclose`)."""
+        if len(self._idle) < self._keep:
+            self._idle.append(link)
+            return True
+        return False

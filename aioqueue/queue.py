@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
@@ -18,7 +18,7 @@ import msgspec
 
 from . import wire
 from ._cancel import cancel_jobs, envelopes, matching
-from ._coalesce import Coalescer, Prepared, Reply, prepare
+from ._coalesce import Coalescer, Reply, prepare
 from ._redis import call_redis
 from .errors import (
     AioqueueError,
@@ -359,30 +359,15 @@ class Queue(Submits, ChildHooks):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         opts: Options,
-    ) -> Prepared:
+    ) -> NewJob:
         return prepare(name, td, args, kwargs, opts, self.max_payload)
 
     # -- script calls: one method each -----------------------------------------------------
 
-    async def _send(self, prepared: list[Prepared]) -> list[Reply]:
-        """Run the submit script for these jobs; per job, its id (the original job's, when a
-        de-duplication key matched) and whether it was created."""
-        jobs = [
-            NewJob(
-                p.id,
-                p.data,
-                p.priority,
-                p.delay_ms,
-                p.key,
-                p.after,
-                p.group,
-                p.group_limit,
-                p.rate,
-                p.debounce,
-            )  # fmt: skip
-            for p in prepared
-        ]
-        return await self.scripts.submit(jobs, self.max_pending or 0)
+    def _send(self, jobs: list[NewJob]) -> Awaitable[list[Reply]]:
+        """Run the submit script for these jobs (the call, to await); per job, its id (the
+        original job's, when a de-duplication key matched) and whether it was created."""
+        return self.scripts.submit(jobs, self.max_pending or 0)
 
     async def _outcomes(self, job_ids: list[str]) -> list[Any]:
         """Per id, in one step: the outcome bytes, else True if the job exists, else False."""

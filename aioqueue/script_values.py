@@ -51,9 +51,9 @@ class Receipt:
         return cls(keys.receipt(call), "1", PRODUCER_RECEIPT_MS)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewJob:
-    """One job to submit: its id, encoded envelope, and where it goes."""
+    """One job to submit, checked and encoded: its id, encoded envelope, and where it goes."""
 
     id: str
     data: bytes

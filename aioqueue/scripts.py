@@ -141,21 +141,24 @@ class Scripts:
                     keys += [k.after(parent), k.result(parent)]
             args += [j.id, j.data, j.priority, j.delay_ms, "1" if j.key is not None else "0",
                      extra]  # fmt: skip
-        reply = await self._submit(keys, args)
+        # on a held connection; after a lost link (re-sent once there) through the client,
+        # with its retries and backoff: a job's id makes a re-send safe
+        reply = None
+        links = self._links
+        if links is not None:
+            link = links.take()
+            try:
+                reply = await self._on_link(link, "submit", keys, args)
+            except (rex.ConnectionError, rex.TimeoutError, OSError):
+                pass  # the client's own retries and backoff take it from here
+            except rex.RedisError as exc:
+                raise as_error(exc, self.url) from exc
+            finally:
+                if not links.give(link):
+                    await link.aclose()
+        if reply is None:
+            reply = await self._run("submit", keys, args)
         return [(to_str(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
-
-    async def _submit(self, keys: list[str], args: list[Any]) -> Any:
-        """The submit script on a held connection; after a lost link (re-sent once there)
-        through the client, with its retries and backoff: a job's id makes a re-send safe."""
-        if self._links is not None:
-            async with self._links.link() as link:
-                try:
-                    return await self._on_link(link, "submit", keys, args)
-                except (rex.ConnectionError, rex.TimeoutError, OSError):
-                    pass  # the client's own retries and backoff take it from here
-                except rex.RedisError as exc:
-                    raise as_error(exc, self.url) from exc
-        return await self._run("submit", keys, args)
 
     async def tick(self, schedule: str, tick_ms: int, job: NewJob | None) -> bool:
         """Record a schedule's tick as fired and submit its ``job`` (None: record only), in
