@@ -262,7 +262,7 @@ class Scripts:
         keys = [k.jobs, k.attempts, k.tokens, k.leases, k.priority, k.pending, k.scheduled,
                 k.dead, k.errors, k.wake, k.stats, k.cancels, k.blocked, k.gactive,
                 k.glimit, k.rated, k.progress]  # fmt: skip
-        args: list[Any] = [k.done_channel, dead_ttl_ms, max_dead]
+        args: list[Any] = [k.done_channel, dead_ttl_ms, max_dead, len(items)]
         for f in items:
             keys += [k.result(f.id), k.dedup(f.dedup) if f.dedup else k.jobs, k.after(f.id),
                      k.gq(f.group) if f.group else k.jobs]  # fmt: skip
@@ -298,7 +298,7 @@ class Scripts:
             reply = await self._run("claim", claim_keys, claim_args, receipt, link, before)
             return [], _claim_reply(reply)
         fk, fa = self._finish_call(finish, *dead)
-        args = [len(fk), len(fa), *fa, *claim_args]
+        args = [*fa, *claim_args]
         keys = fk + claim_keys
         finished, claimed = await self._run("finish_claim", keys, args, receipt, link, before)
         return [int(r) for r in finished], _claim_reply(claimed)

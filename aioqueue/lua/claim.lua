@@ -16,6 +16,7 @@
 -- KEYS[14] progress  hash   id -> the job's last progress report (see progress.lua)
 -- ARGV[1] k (max jobs to claim), ARGV[2] lease_ms, ARGV[3] token prefix, ARGV[4] first token seq,
 -- ARGV[5] the done channel, where a claim that made room says so (a message of one byte, 2)
+-- It reads only these KEYS and ARGV: what follows them (a receipt's) is left alone.
 -- Returns {ms until the next scheduled job or -1, stale ids skipped, 1 if paused else 0, then
 --          per claimed job: id, token, attempts, envelope, last progress report or ''}
 -- A rate-limited job popped while its key is over its rate (count per period, GCRA: at most
@@ -26,16 +27,29 @@
 -- While paused, due scheduled jobs are still promoted (they keep their schedule), but nothing is
 -- popped and no wake-up token is pushed: a worker told "paused" blocks on the wake list until
 -- resume.lua pushes one.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- A deletion first (of nothing): Redis refuses a script at maxmemory only when its first write
--- may grow memory, and workers must go on draining the queue then.
-redis.call('HDEL', KEYS[6], '')
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 500)
-for _, id in ipairs(due) do
-  local p = tonumber(redis.call('HGET', KEYS[3], id) or '0')
-  redis.call('ZADD', KEYS[1], -p, id)
-  redis.call('ZREM', KEYS[2], id)
+-- `now` (a parameter of the function it runs in, see _sources.py): the time of a finish that ran
+-- just before it in the same call, whose first write was a deletion; nil when it runs alone.
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- A deletion first (of nothing): Redis refuses a script at maxmemory only when its first
+  -- write may grow memory, and workers must go on draining the queue then.
+  redis.call('HDEL', KEYS[6], '')
+end
+local function next_due()  -- when the first scheduled job is due (ms), or nil
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return first[2] and tonumber(first[2])
+end
+local nxt = next_due()
+local moved = false  -- scheduled changed: its first job is asked again at the end
+if nxt and nxt <= now then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 500)
+  for _, id in ipairs(due) do
+    local p = tonumber(redis.call('HGET', KEYS[3], id) or '0')
+    redis.call('ZADD', KEYS[1], -p, id)
+    redis.call('ZREM', KEYS[2], id)
+  end
+  moved = true
 end
 local paused = redis.call('EXISTS', KEYS[10])
 local out = {-1, 0, paused}
@@ -72,6 +86,7 @@ if k > 0 then
     end
     if wait > 0 then
       redis.call('ZADD', KEYS[2], now + math.ceil(wait), id)  -- back when its rate allows
+      moved = true
     elseif env and not leased then
       local attempts = redis.call('HINCRBY', KEYS[5], id, 1)
       local token = ARGV[3] .. seq
@@ -99,8 +114,10 @@ out[2] = stale
 if paused == 0 and redis.call('ZCARD', KEYS[1]) > 0 and redis.call('LLEN', KEYS[8]) == 0 then
   redis.call('RPUSH', KEYS[8], '1')  -- more work: wake the next idle worker
 end
-local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-if #nxt > 0 then
-  out[1] = math.max(0, tonumber(nxt[2]) - now)
+if moved then
+  nxt = next_due()
+end
+if nxt then
+  out[1] = math.max(0, nxt - now)
 end
 return out

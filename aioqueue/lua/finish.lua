@@ -8,7 +8,8 @@
 -- then for job i (0-based): KEYS[18 + 4i] result:{id}, KEYS[19 + 4i] dedup:{key} (any key if
 -- none), KEYS[20 + 4i] after:{id} (the jobs waiting for this one: released once it is done),
 -- KEYS[21 + 4i] gq:{group} (any key if none)
--- ARGV[1] pub/sub channel for finished jobs (see _announce.lua), ARGV[2] dead_ttl_ms, ARGV[3] max_dead
+-- ARGV[1] pub/sub channel for finished jobs (see _announce.lua), ARGV[2] dead_ttl_ms, ARGV[3] max_dead,
+-- ARGV[4] n, the number of jobs
 -- then per job (10 each): id, token, kind, result, error, delay_ms, ttl_ms, has_dedup, reaping,
 --   group ('' if none)
 --   kind: "ok"      store result (TTL), forget the job
@@ -22,6 +23,8 @@
 --   reaping = "1": the caller recovers an expired lease; act only while it is still expired
 -- Returns per job: 1 applied, 0 fenced (the caller no longer holds the job), -1 lease alive
 -- (reaping), -2 nothing to recover (reaping: another worker recovered it, or it finished).
+-- It reads only its own KEYS (17 + 4n) and ARGV (4 + 10n): what follows them (a receipt's, a
+-- claim's, see _sources.py) is left alone.
 -- A call re-sent after a lost reply is answered by its receipt (see scripts.py); an outcome
 -- re-sent after the receipt expired is still recognised by its bytes and not counted as fenced.
 local t = redis.call('TIME')
@@ -34,8 +37,8 @@ local done = {}
 local woke = false
 local died = false
 local completed, failed = 0, 0
-local H = 3
-local n = (#ARGV - H) / 10
+local H = 4
+local n = tonumber(ARGV[4])
 for i = 0, n - 1 do
   local b = H + i * 10
   local id, token, kind = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -129,7 +132,8 @@ for i = 0, n - 1 do
       if ARGV[b + 8] == '1' then
         redis.call('PEXPIRE', dkey, ttl)
       end
-      for _, kid in ipairs(redis.call('SMEMBERS', akey)) do  -- jobs that waited for this one
+      local kids = redis.call('SMEMBERS', akey)  -- jobs that waited for this one
+      for _, kid in ipairs(kids) do
         if redis.call('HEXISTS', KEYS[13], kid) == 1
             and redis.call('HINCRBY', KEYS[13], kid, -1) <= 0 then
           redis.call('HDEL', KEYS[13], kid)
@@ -137,7 +141,9 @@ for i = 0, n - 1 do
           woke = true
         end
       end
-      redis.call('DEL', akey)
+      if #kids > 0 then
+        redis.call('DEL', akey)
+      end
       redis.call('HDEL', KEYS[16], id)
       redis.call('HDEL', KEYS[17], id)
       if group ~= '' then
@@ -155,4 +161,4 @@ if woke and redis.call('LLEN', KEYS[10]) == 0 then
   redis.call('RPUSH', KEYS[10], '1')
 end
 announce(ARGV[1], done)
-return out
+return out, now  -- now: for a claim that follows in the same call
