@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -23,28 +22,19 @@ __all__ = ("Channel", "Held", "Outage", "envelope_of")
 log = logging.getLogger("aioqueue.worker")
 
 
-@dataclass(eq=False)
 class Held:
     """A job this worker holds a lease on, from its claim until its outcome is recorded."""
 
-    job: LeasedJob
-    env: Envelope | None = None  # decoded once, at start
-    work: Work | None = None  # in the pool, until the child's reply
-    lost: bool = False  # the lease was lost: drop whatever comes of it
-    finishing: bool = False  # its outcome is queued for the finish script
-    run_s: float | None = None  # how long its child ran it, once the child replied
+    __slots__ = ("attempts", "env", "finishing", "id", "job", "lost", "run_s", "token", "work")
 
-    @property
-    def id(self) -> str:
-        return self.job.id
-
-    @property
-    def token(self) -> str:
-        return self.job.token
-
-    @property
-    def attempts(self) -> int:
-        return self.job.attempts
+    def __init__(self, job: LeasedJob, env: Envelope | None = None) -> None:
+        self.job = job
+        self.id, self.token, self.attempts = job.id, job.token, job.attempts  # read per step
+        self.env = env  # decoded once, at start
+        self.work: Work | None = None  # in the pool, until the child's reply
+        self.lost = False  # the lease was lost: drop whatever comes of it
+        self.finishing = False  # its outcome is queued for the finish script
+        self.run_s: float | None = None  # how long its child ran it, once the child replied
 
     @property
     def task(self) -> str:

@@ -98,7 +98,7 @@ class Worker:
         self.beat_error: str | None = None  # why the last heartbeat failed, if it did
         self.failure: str | None = None
         self._concurrent: dict[str, bool] = {}  # per task: does it run beside others?
-        self._changed = asyncio.Event()  # asyncio's: one is made per job, anyio's cost more
+        self._changed: asyncio.Event | None = None  # made by a wait: not one per job
         self._idle = anyio.Event()
         self.stopping = anyio.Event()
         self._hard_stop = anyio.Event()
@@ -308,11 +308,14 @@ class Worker:
         return self.pool.capacity
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
     async def wait_change(self) -> None:
         """Wait until a job ends or the pool's capacity changes."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
         await self._changed.wait()
 
     async def queue_empty(self) -> bool:
