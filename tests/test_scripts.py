@@ -121,6 +121,38 @@ async def test_composed_finish_claim_runs_both_in_order(queue: Queue, scripts: S
     assert await first.result(timeout=5) is None
 
 
+async def test_finish_claim_of_several_outcomes_gives_the_claim_its_own_arguments(
+    queue: Queue, scripts: Scripts
+) -> None:
+    """The claim's KEYS and ARGV follow the finish's, however many outcomes come first."""
+    jobs = [await queue.submit(tasks.noop) for _ in range(5)]
+    _, c1 = await scripts.claim(3, 1000, "w", receipt(queue, "f", 0))
+    assert [j.id for j in c1.jobs] == [j.id for j in jobs[:3]]
+    done = [FinishItem(j.id, j.token, "ok", result=outcome(), ttl_ms=60_000) for j in c1.jobs]
+    finished, c2 = await scripts.claim(2, 1000, "w", receipt(queue, "f", 3), done, DEAD)
+    assert finished == [1, 1, 1]
+    assert [(j.id, j.token) for j in c2.jobs] == [(jobs[3].id, "w:3"), (jobs[4].id, "w:4")]
+    assert (c2.next_due_ms, c2.stale, c2.paused) == (-1, 0, False)
+    for job in jobs[:3]:
+        assert await job.result(timeout=5) is None
+
+
+async def test_a_claim_promotes_due_jobs_and_says_when_the_next_is_due(
+    queue: Queue, scripts: Scripts
+) -> None:
+    """Scheduled jobs: one not due yet stays, and the claim says in how many ms it will be; a
+    due one is claimed by the same call that promotes it."""
+    due = await queue.options(delay=20).submit(tasks.noop)
+    later = await queue.options(delay=30).submit(tasks.noop)
+    _, early = await scripts.claim(5, 1000, "w", receipt(queue, "f", 0))
+    assert early.jobs == [] and 19_000 < early.next_due_ms <= 20_000
+    await queue.redis.zadd(queue.keys.scheduled, {due.id: 1})  # its time has come
+    _, claim = await scripts.claim(5, 1000, "w", receipt(queue, "f", 5))
+    assert [j.id for j in claim.jobs] == [due.id]
+    assert 29_000 < claim.next_due_ms <= 30_000
+    assert await queue.redis.zscore(queue.keys.scheduled, later.id) is not None
+
+
 @pytest.mark.parametrize("kind", ["ok", "retry", "dead", "release"])
 async def test_finish_resent_after_lost_reply_is_not_fenced(
     queue: Queue, scripts: Scripts, sync_redis: redis.Redis, kind: str
