@@ -80,6 +80,11 @@ def test_scaling_quick(tmp_path: Path) -> None:
         assert run["jobs"] > 0 and run["wall_s"] > 0 and run["jobs_per_s"] > 0
         assert math.isclose(run["efficiency"], run["speedup"] / run["processes"], rel_tol=1e-9)
         assert 0 < run["p50_ms"] <= run["p99_ms"]
+        # every process waited for something at least once: the supervisor for its children
+        # and Redis, the children for jobs, Redis and the producer for each other
+        assert run["wakeups_per_job"].keys() == {"children", "supervisor", "producer", "redis"}
+        assert all(n > 0 for n in run["wakeups_per_job"].values())
+    assert "Wake-ups per job by process" in proc.stdout
     assert runs[0]["speedup"] == 1.0
     if "plot skipped" not in proc.stdout:
         assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
