@@ -1,7 +1,9 @@
-"""What a worker keeps about its jobs and calls: held jobs, call channels, the outage log."""
+"""What a worker keeps about its jobs and calls: held jobs, call channels, the outage log, and
+the signal its loops wait on for a change."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -17,9 +19,31 @@ from ..wire import Envelope, decode_envelope
 if TYPE_CHECKING:
     from .pool import Work
 
-__all__ = ("Channel", "Held", "Outage", "envelope_of")
+__all__ = ("Change", "Channel", "Held", "Outage", "envelope_of")
 
 log = logging.getLogger("aioqueue.worker")
+
+
+class Change:
+    """Wakes the waiters of the next change, and costs nothing when none waits: the first
+    waiter makes an event, the next :meth:`fire` sets it and drops it (the hot path fires once
+    or twice per job, and mostly nobody waits)."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def fire(self) -> None:
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+    async def wait(self) -> None:
+        """Until the next :meth:`fire` (one after this call began)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+        await self._event.wait()
 
 
 class Held:

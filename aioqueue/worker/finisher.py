@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .._link import Link
 from ..scripts import FinishItem, Scripts
-from ._state import Channel, Held, Outage
+from ._state import Change, Channel, Held, Outage
 from .backoff import Backoff
 from .progress import ProgressWriter
 
@@ -60,7 +60,7 @@ class Finisher:
         self.queue: list[Pending] = []
         self.taken = 0  # outcomes taken and not answered yet
         self._ready = asyncio.Event()
-        self._changed = asyncio.Event()
+        self._settled = Change()  # a batch was answered
         self._kick: asyncio.Handle | None = None
 
     def put(self, held: Held, item: FinishItem) -> None:
@@ -89,8 +89,7 @@ class Finisher:
         self.taken -= len(batch)
         for p, applied in zip(batch, replies, strict=True):
             self.on_done(p, applied)
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._settled.fire()
 
     async def run(self) -> None:
         """Write outcomes as they come, a batch at a time."""
@@ -122,6 +121,5 @@ class Finisher:
     async def flush(self) -> None:
         """Wait until every outcome put so far is recorded."""
         while self.queue or self.taken:
-            changed = self._changed
             self._ready.set()
-            await changed.wait()
+            await self._settled.wait()

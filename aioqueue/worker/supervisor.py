@@ -9,7 +9,6 @@ run, and its outcome queued for the finisher.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import os
@@ -31,7 +30,7 @@ from ..queue import Queue
 from ..scripts import FinishItem, LeasedJob, Scripts
 from ..urls import safe_url
 from ._frames import URL_ENV
-from ._state import Channel, Held, Outage
+from ._state import Change, Channel, Held, Outage
 from .after import with_parents
 from .fetch import Fetcher
 from .finisher import Finisher, Pending
@@ -98,7 +97,7 @@ class Worker:
         self.beat_error: str | None = None  # why the last heartbeat failed, if it did
         self.failure: str | None = None
         self._concurrent: dict[str, bool] = {}  # per task: does it run beside others?
-        self._changed: asyncio.Event | None = None  # made by a wait: not one per job
+        self._changed = Change()  # a job ended or the pool's capacity changed
         self._idle = anyio.Event()
         self.stopping = anyio.Event()
         self._hard_stop = anyio.Event()
@@ -308,14 +307,10 @@ class Worker:
         return self.pool.capacity
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, None
-        if changed is not None:
-            changed.set()
+        self._changed.fire()
 
     async def wait_change(self) -> None:
         """Wait until a job ends or the pool's capacity changes."""
-        if self._changed is None:
-            self._changed = asyncio.Event()
         await self._changed.wait()
 
     async def queue_empty(self) -> bool:
