@@ -298,27 +298,31 @@ def child_pids(pid: int) -> list[int]:
 
 def rss_kib(pid: int) -> tuple[int, int]:
     """``(VmRSS, VmHWM)`` of process ``pid`` in KiB from ``/proc/PID/status``; 0 if unknown."""
+    values = _status(f"/proc/{pid}/status", "VmRSS", "VmHWM")
+    return values.get("VmRSS", 0), values.get("VmHWM", 0)
+
+
+def _status(path: str, *keys: str) -> dict[str, int]:
+    """The numbers a ``/proc/.../status`` file gives for ``keys`` (those it has)."""
     values: dict[str, int] = {}
     with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in keys:
                 values[key] = int(rest.split()[0])
-    return values.get("VmRSS", 0), values.get("VmHWM", 0)
+    return values
 
 
 def wakeups(pid: int) -> int:
     """How many times the threads of process ``pid`` gave up the CPU to wait for something
     (voluntary context switches, from ``/proc/PID/task/*/status``): each is a wake-up later, and
     on a VM a wake-up costs 0.1 to 0.2 ms of CPU whatever the work it wakes for. 0 if unknown."""
-    total = 0
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
-    return total
+    key = "voluntary_ctxt_switches"
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    return sum(_status(f"/proc/{pid}/task/{tid}/status", key).get(key, 0) for tid in tids)
 
 
 def kill_tree(pid: int) -> None:

@@ -628,7 +628,7 @@ def print_results(runs: list[Run], cal: Calibration) -> None:
     )  # fmt: skip
     print(
         "a wake-up costs the woken process CPU of its own, whatever the work it wakes for (0.1 "
-        "to 0.2 ms on the project's 2-core VM): with CPU-bound jobs, most of what the "
+        "to 0.2 ms on the project's 2-core VM): with CPU-bound jobs, a large part of what the "
         "supervisor, the producer and Redis use per job"
     )
 
