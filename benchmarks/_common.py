@@ -316,7 +316,8 @@ def _status(path: str, *keys: str) -> dict[str, int]:
 def wakeups(pid: int) -> int:
     """How many times the threads of process ``pid`` gave up the CPU to wait for something
     (voluntary context switches, from ``/proc/PID/task/*/status``): each is a wake-up later, and
-    on a VM a wake-up costs 0.1 to 0.2 ms of CPU whatever the work it wakes for. 0 if unknown."""
+    on a VM a wake-up costs 0.1 to 0.4 ms of CPU whatever the work it wakes for, the more the
+    longer the process idled before it. 0 if unknown."""
     key = "voluntary_ctxt_switches"
     try:
         tids = os.listdir(f"/proc/{pid}/task")

@@ -633,8 +633,8 @@ def print_results(runs: list[Run], cal: Calibration) -> None:
     )  # fmt: skip
     print(
         "a wake-up costs the woken process CPU of its own, whatever the work it wakes for (0.1 "
-        "to 0.2 ms on the project's 2-core VM): with CPU-bound jobs, a large part of what the "
-        "supervisor, the producer and Redis use per job"
+        "to 0.4 ms on the project's 2-core VM, the more the longer it idled before): with "
+        "CPU-bound jobs, a large part of what the supervisor, the producer and Redis use per job"
     )
 
 
